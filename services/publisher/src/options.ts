@@ -1,0 +1,188 @@
+import type { NatsConnection } from '@nats-io/transport-node'
+import {
+  DEV_SIGNING_KEY, IDENTITY_MODES, InvalidOptionError, MUTATION_METHODS, parseSigningKey, validateNamespace, validateRegion,
+  DEFAULT_NAMESPACE, DEFAULT_REPLAY_TOLERANCE_MS,
+  type IdentityMode, type MutationMethod, type NatsConnectOptions, type StreamSettings
+} from '@regionsync/shared'
+import type { FastifyRequest } from 'fastify'
+import type { Registry } from 'prom-client'
+
+/** A resource's type and id; events with the same pair apply in order in every region. */
+export interface ResourceRef {
+  type: string
+  id: string
+}
+
+/**
+ * Tells which resource a request writes. `body` is the body as the client sent it (parsed when it
+ * is JSON), `createdId` the identifier a create's response gave, if any.
+ */
+export type ResourceKeyFn = (request: FastifyRequest, body: unknown, createdId: string | null) => ResourceRef
+
+/** Per-route settings, under `config.regionsync`; `false` opts the route out. */
+export interface RegionsyncRouteConfig {
+  /** How to find the resource key. @default the path up to the route's first parameter, or to the created id */
+  resource?: ResourceKeyFn
+  /** Dotted path of the created identifier in a create's JSON response; `false` for none. @default 'id' */
+  createdId?: string | false
+  /** How the target learns the created identifier. @default 'inject' */
+  identity?: IdentityMode
+}
+
+export const DEFAULT_PUBLISH_TIMEOUT_MS = 5000
+export const DEFAULT_CREATED_ID = 'id'
+export const DEFAULT_IDENTITY: IdentityMode = 'inject'
+/** Headers that hold end-user credentials; never carried in clear (I5). */
+export const CREDENTIAL_HEADERS = ['authorization', 'proxy-authorization', 'x-auth-token', 'cookie', 'x-subject-token', 'x-api-key'] as const
+/** Room kept in every event for everything but the body (path, query, headers, envelope). */
+export const EVENT_ENVELOPE_RESERVE_BYTES = 64 * 1024
+
+export interface RegionsyncPluginOptions {
+  /** This API's region (required). */
+  region: string
+  /** How to connect to NATS; ignored when `connection` is given. @default { servers: 'nats://127.0.0.1:4222' } */
+  nats?: NatsConnectOptions
+  /** An existing connection; the plugin will not close it. */
+  connection?: NatsConnection
+  /** Secret that signs events; required unless `dev` is true. */
+  signingKey?: string
+  /** Allow a fixed, insecure signing key for local development. Logged loudly. @default false */
+  dev?: boolean
+  /** Prefix of every stream, subject, consumer and bucket name. @default 'regionsync' */
+  namespace?: string
+  /** Event stream settings, used when the plugin is the first to create the stream. */
+  stream?: Partial<StreamSettings>
+  /** Methods that are mutations. @default ['POST', 'PUT', 'PATCH', 'DELETE'] */
+  methods?: MutationMethod[]
+  /** Extra non-credential request headers to carry to the targets (lower-case). @default [] */
+  headers?: string[]
+  /** Largest request body, in bytes. @default what the NATS server accepts, less the envelope */
+  maxBodyBytes?: number
+  /** How long to wait for JetStream's acknowledgement. @default 5000 */
+  publishTimeoutMs?: number
+  /** Default for routes' `createdId`. @default 'id' */
+  createdId?: string | false
+  /** Default for routes' `identity`. @default 'inject' */
+  identity?: IdentityMode
+  /** How old a replay signature may be and still be trusted. @default 300000 */
+  replayToleranceMs?: number
+  /** prom-client registry for the publisher's metrics. @default a new Registry, at `app.regionsync.registry` */
+  registry?: Registry
+  /** Serve the registry's metrics at this path; `false` for no route. @default false */
+  metricsRoute?: string | false
+}
+
+export interface ParsedOptions {
+  region: string
+  nats: NatsConnectOptions
+  connection: NatsConnection | undefined
+  signingKey: string
+  dev: boolean
+  namespace: string
+  stream: Partial<StreamSettings>
+  methods: ReadonlySet<string>
+  headers: readonly string[]
+  maxBodyBytes: number | undefined
+  publishTimeoutMs: number
+  createdId: string | false
+  identity: IdentityMode
+  replayToleranceMs: number
+  registry: Registry | undefined
+  metricsRoute: string | false
+}
+
+const DOTTED_PATH_RE = /^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$/
+
+export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
+  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('options', 'expects an object with at least { region }')
+  const region = validateRegion(opts.region)
+  const dev = opts.dev === true
+  if (opts.signingKey === undefined && !dev) {
+    throw new InvalidOptionError('signingKey', 'is required (at least 32 characters); set dev: true only for local development')
+  }
+  const signingKey = opts.signingKey === undefined ? DEV_SIGNING_KEY : parseSigningKey(opts.signingKey)
+  const methods = opts.methods ?? [...MUTATION_METHODS]
+  if (!Array.isArray(methods) || methods.length === 0 || !methods.every((m) => MUTATION_METHODS.includes(m))) {
+    throw new InvalidOptionError('methods', `expects a non-empty list drawn from ${MUTATION_METHODS.join(', ')}`)
+  }
+  const headers = (opts.headers ?? []).map((h) => typeof h === 'string' ? h.toLowerCase() : h)
+  if (!headers.every((h) => typeof h === 'string' && /^[a-z0-9-]+$/.test(h))) {
+    throw new InvalidOptionError('headers', 'expects a list of header names')
+  }
+  const credential = headers.find((h) => (CREDENTIAL_HEADERS as readonly string[]).includes(h))
+  if (credential !== undefined) {
+    throw new InvalidOptionError('headers', `"${credential}" carries end-user credentials and is never captured in clear; replicators authenticate with their own credential`)
+  }
+  if (opts.maxBodyBytes !== undefined && (!Number.isInteger(opts.maxBodyBytes) || opts.maxBodyBytes < 1)) {
+    throw new InvalidOptionError('maxBodyBytes', 'expects a whole number of bytes, at least 1')
+  }
+  const publishTimeoutMs = opts.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS
+  if (!Number.isInteger(publishTimeoutMs) || publishTimeoutMs < 100) {
+    throw new InvalidOptionError('publishTimeoutMs', 'expects milliseconds, at least 100')
+  }
+  const replayToleranceMs = opts.replayToleranceMs ?? DEFAULT_REPLAY_TOLERANCE_MS
+  if (!Number.isInteger(replayToleranceMs) || replayToleranceMs < 1000) {
+    throw new InvalidOptionError('replayToleranceMs', 'expects milliseconds, at least 1000')
+  }
+  const metricsRoute = opts.metricsRoute ?? false
+  if (metricsRoute !== false && (typeof metricsRoute !== 'string' || !metricsRoute.startsWith('/'))) {
+    throw new InvalidOptionError('metricsRoute', 'expects a path starting with "/" or false')
+  }
+  if (opts.connection !== undefined && (opts.connection === null || typeof opts.connection.isClosed !== 'function')) {
+    throw new InvalidOptionError('connection', 'expects a NatsConnection from @nats-io/transport-node')
+  }
+  return {
+    region,
+    nats: opts.nats ?? {},
+    connection: opts.connection,
+    signingKey,
+    dev,
+    namespace: validateNamespace(opts.namespace ?? DEFAULT_NAMESPACE),
+    stream: opts.stream ?? {},
+    methods: new Set(methods),
+    headers,
+    maxBodyBytes: opts.maxBodyBytes,
+    publishTimeoutMs,
+    createdId: parseCreatedId(opts.createdId ?? DEFAULT_CREATED_ID, 'createdId'),
+    identity: parseIdentity(opts.identity ?? DEFAULT_IDENTITY, 'identity'),
+    replayToleranceMs,
+    registry: opts.registry,
+    metricsRoute
+  }
+}
+
+export function parseCreatedId (v: unknown, option: string): string | false {
+  if (v === false) return false
+  if (typeof v !== 'string' || !DOTTED_PATH_RE.test(v)) {
+    throw new InvalidOptionError(option, 'expects a dotted path into the JSON response (e.g. "id" or "user.id") or false')
+  }
+  return v
+}
+
+export function parseIdentity (v: unknown, option: string): IdentityMode {
+  if (!IDENTITY_MODES.includes(v as IdentityMode)) throw new InvalidOptionError(option, `expects one of ${IDENTITY_MODES.join(', ')}`)
+  return v as IdentityMode
+}
+
+export interface ParsedRouteConfig {
+  resource: ResourceKeyFn | undefined
+  createdId: string | false
+  identity: IdentityMode
+}
+
+/** Reads `config.regionsync` of one route; null means the route opted out. Unknown keys are errors. */
+export function parseRouteConfig (value: unknown, url: string, defaults: ParsedOptions): ParsedRouteConfig | null {
+  const where = `route ${url}: config.regionsync`
+  if (value === false) return null
+  if (value === undefined || value === true) return { resource: undefined, createdId: defaults.createdId, identity: defaults.identity }
+  if (value === null || typeof value !== 'object') throw new InvalidOptionError(where, 'expects false or { resource, createdId, identity }')
+  const v = value as Record<string, unknown>
+  const unknown = Object.keys(v).filter((k) => !['resource', 'createdId', 'identity'].includes(k))
+  if (unknown.length > 0) throw new InvalidOptionError(where, `has unknown key(s) ${unknown.join(', ')}; expects resource, createdId, identity`)
+  if (v.resource !== undefined && typeof v.resource !== 'function') throw new InvalidOptionError(`${where}.resource`, 'expects a function (request, body, createdId) => ({ type, id })')
+  return {
+    resource: v.resource as ResourceKeyFn | undefined,
+    createdId: v.createdId === undefined ? defaults.createdId : parseCreatedId(v.createdId, `${where}.createdId`),
+    identity: v.identity === undefined ? defaults.identity : parseIdentity(v.identity, `${where}.identity`)
+  }
+}

@@ -1,0 +1,138 @@
+import {
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, type RegionsyncEvent, type Signer
+} from '@regionsync/shared'
+import { Pool } from 'undici'
+import { targetPath } from './target-path.js'
+
+export const USER_AGENT = 'regionsync-replicator/0.1'
+export const BODY_EXCERPT_BYTES = 512
+
+export interface TargetSettings {
+  /** Base URL of the region's API; a path in it is kept as a prefix. */
+  url: URL
+  /** Sent as `Authorization: Bearer <token>`. */
+  token: string | undefined
+  /** Headers and body must arrive within this. @default 10000 */
+  timeoutMs: number
+  /** Keep-alive connections to the target. @default 32 */
+  connections: number
+}
+
+export interface Replay {
+  method: string
+  path: string
+  headers: Record<string, string>
+  body: Buffer | null
+}
+
+export interface ReplayResult {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  /** First bytes of the body of an unsuccessful answer, for the dead letter. */
+  excerpt: string
+}
+
+/**
+ * Turns an event into the request the target gets (I4, I5, I8): path checked against the target's
+ * base, the create's identifier put where the target will keep it, the region's own credential,
+ * and the replay headers.
+ */
+export function buildReplay (event: RegionsyncEvent, target: TargetSettings, signer: Signer): Replay {
+  const basePath = target.url.pathname.replace(/\/+$/, '')
+  let method: string = event.method
+  let path = event.path
+  let body = eventBody(event)
+  const created = event.created
+  if (created !== null && created.mode === 'put') {
+    method = 'PUT'
+    path = `${path.replace(/\/+$/, '')}/${encodeURIComponent(created.id)}`
+  } else if (created !== null && created.mode === 'inject' && body !== null && isJson(event.contentType)) {
+    body = injectId(body, created.field, created.id)
+  }
+  const headers: Record<string, string> = {
+    ...event.headers,
+    'user-agent': USER_AGENT,
+    [IDEMPOTENCY_KEY_HEADER]: event.id,
+    [REPLAY_ORIGIN_HEADER]: event.origin,
+    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body })
+  }
+  if (event.contentType !== null) headers['content-type'] = event.contentType
+  if (target.token !== undefined) headers.authorization = `Bearer ${target.token}`
+  return { method, path: targetPath(basePath, path, event.query), headers, body }
+}
+
+function isJson (contentType: string | null): boolean {
+  return contentType !== null && /[/+]json\b/i.test(contentType)
+}
+
+/** Sets `field` (dotted) in a JSON body to the source's id; a body that is not an object is left alone. */
+function injectId (body: Buffer, field: string, id: string): Buffer {
+  let doc: unknown
+  try {
+    doc = JSON.parse(body.toString('utf8'))
+  } catch {
+    return body
+  }
+  const parts = field.split('.')
+  let cur = doc
+  for (const part of parts.slice(0, -1)) {
+    if (cur === null || typeof cur !== 'object' || Array.isArray(cur)) return body
+    const obj = cur as Record<string, unknown>
+    if (obj[part] === undefined) obj[part] = {}
+    cur = obj[part]
+  }
+  if (cur === null || typeof cur !== 'object' || Array.isArray(cur)) return body
+  ;(cur as Record<string, unknown>)[parts[parts.length - 1] as string] = id
+  return Buffer.from(JSON.stringify(doc))
+}
+
+/** The keep-alive pool to one target; every response body is read or dumped. */
+export class TargetClient {
+  readonly #pool: Pool
+  readonly #timeoutMs: number
+
+  constructor (target: TargetSettings) {
+    this.#timeoutMs = target.timeoutMs
+    this.#pool = new Pool(target.url.origin, {
+      connections: target.connections,
+      keepAliveTimeout: 30_000,
+      headersTimeout: target.timeoutMs,
+      bodyTimeout: target.timeoutMs,
+      connectTimeout: Math.min(target.timeoutMs, 10_000)
+    })
+  }
+
+  /** Sends one replay; `signal` aborts it (shutdown), the timeout bounds it. */
+  async send (replay: Replay, signal?: AbortSignal): Promise<ReplayResult> {
+    const res = await this.#pool.request({
+      method: replay.method as 'POST',
+      path: replay.path,
+      headers: replay.headers,
+      body: replay.body ?? undefined,
+      signal: signal === undefined ? AbortSignal.timeout(this.#timeoutMs) : AbortSignal.any([signal, AbortSignal.timeout(this.#timeoutMs)])
+    })
+    let excerpt = ''
+    if (res.statusCode >= 200 && res.statusCode < 300) {
+      await res.body.dump()
+    } else {
+      excerpt = await readExcerpt(res.body)
+    }
+    return { status: res.statusCode, headers: res.headers, excerpt }
+  }
+
+  async close (): Promise<void> {
+    await this.#pool.close()
+  }
+}
+
+async function readExcerpt (body: AsyncIterable<Buffer> & { dump: () => Promise<void> }): Promise<string> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body) {
+    chunks.push(chunk)
+    size += chunk.length
+    if (size >= BODY_EXCERPT_BYTES) break
+  }
+  await body.dump().catch(() => {})
+  return Buffer.concat(chunks).subarray(0, BODY_EXCERPT_BYTES).toString('utf8')
+}

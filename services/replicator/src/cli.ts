@@ -1,0 +1,219 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { jetstreamManager } from '@nats-io/jetstream'
+import {
+  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, eventStreamPartitions, isRegionsyncError,
+  listRegions, names, regionLag, validateRegion, type RegionLag
+} from '@regionsync/shared'
+import { listDeadLetters } from './dead-letter.js'
+import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer } from './http-server.js'
+import { parseTargetUrl } from './options.js'
+import { Replicator } from './replicator.js'
+
+/* The command's own human output goes to stdout/stderr directly; everything else logs through pino. */
+
+const USAGE = `usage: regionsync <command> [options]
+
+commands:
+  replicate   apply events to one target region (--region, --target, ...)
+  status      lag and pending events of every region
+  dlq list    dead letters of one region (--region)
+  demo        a source API, two target regions and their replicators, live
+
+every flag also reads an environment variable; flags win. See README.md.`
+
+type Env = Record<string, string | undefined>
+
+interface Io {
+  out: (line: string) => void
+  err: (line: string) => void
+  env: Env
+}
+
+const COMMON = {
+  nats: { type: 'string', env: 'NATS_URL', fallback: DEFAULT_NATS_URL },
+  namespace: { type: 'string', env: 'REGIONSYNC_NAMESPACE', fallback: DEFAULT_NAMESPACE },
+  help: { type: 'boolean', short: 'h' }
+} as const
+
+type FlagSpec = Record<string, { type: 'string' | 'boolean', env?: string, fallback?: string, short?: string }>
+
+/** Parses flags, filling each from its environment variable when the flag is absent. */
+function flags<T extends FlagSpec> (args: string[], spec: T, env: Env): Record<keyof T, string | boolean | undefined> {
+  const config: ParseArgsConfig = {
+    args,
+    strict: true,
+    allowPositionals: false,
+    options: Object.fromEntries(Object.entries(spec).map(([k, v]) => [k, { type: v.type, ...(v.short !== undefined ? { short: v.short } : {}) }]))
+  }
+  let values: Record<string, string | boolean | undefined>
+  try {
+    values = parseArgs(config).values as Record<string, string | boolean | undefined>
+  } catch (err) {
+    throw new InvalidOptionError('arguments', (err as Error).message.split('\n')[0] as string)
+  }
+  const out: Record<string, string | boolean | undefined> = {}
+  for (const [k, v] of Object.entries(spec)) {
+    const fromEnv = v.env === undefined ? undefined : env[v.env]
+    out[k] = values[k] ?? (v.type === 'boolean' ? (fromEnv === undefined ? undefined : ['1', 'true', 'yes'].includes(fromEnv)) : (fromEnv === '' ? undefined : fromEnv)) ?? v.fallback
+  }
+  return out as Record<keyof T, string | boolean | undefined>
+}
+
+function required (value: string | boolean | undefined, flag: string, env: string, expected: string): string {
+  if (typeof value !== 'string' || value === '') throw new InvalidOptionError(flag, `is required (or ${env}); expects ${expected}`)
+  return value
+}
+
+function port (value: string | boolean | undefined, flag: string): number {
+  const n = Number(value)
+  if (typeof value !== 'string' || !/^\d+$/.test(value) || n > 65535) throw new InvalidOptionError(flag, 'expects a port number from 0 to 65535 (0 picks a free one)')
+  return n
+}
+
+async function replicate (args: string[], io: Io): Promise<number> {
+  const f = flags(args, {
+    ...COMMON,
+    region: { type: 'string', env: 'REGIONSYNC_REGION' },
+    target: { type: 'string', env: 'REGIONSYNC_TARGET_URL' },
+    'metrics-port': { type: 'string', env: 'REGIONSYNC_METRICS_PORT', fallback: String(DEFAULT_METRICS_PORT) },
+    'metrics-host': { type: 'string', env: 'REGIONSYNC_METRICS_HOST', fallback: DEFAULT_METRICS_HOST },
+    'signing-key': { type: 'string', env: 'REGIONSYNC_SIGNING_KEY' },
+    'target-token': { type: 'string', env: 'REGIONSYNC_TARGET_TOKEN' },
+    from: { type: 'string', env: 'REGIONSYNC_FROM', fallback: 'first' },
+    dev: { type: 'boolean', env: 'REGIONSYNC_DEV' }
+  }, io.env)
+  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--from first|new|seq:N|time:ISO]'); return 0 }
+  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu'), '--region')
+  const target = parseTargetUrl(required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API'), '--target')
+  const metricsPort = port(f['metrics-port'], '--metrics-port')
+  let signingKey = f['signing-key'] as string | undefined
+  if (signingKey === undefined) {
+    if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required (or REGIONSYNC_SIGNING_KEY); expects the secret the publishers sign with (--dev allows the insecure dev key)')
+    signingKey = DEV_SIGNING_KEY
+  }
+  const log = createLogger({ name: 'regionsync' })
+  if (f.dev === true) log.warn('dev mode: accepting events signed with the well-known dev key')
+  const nc = await connectTo(f.nats as string)
+  const replicator = await Replicator.start({
+    region,
+    target,
+    targetToken: f['target-token'] as string | undefined,
+    signingKey,
+    connection: nc,
+    ownsConnection: true,
+    logger: log,
+    namespace: f.namespace as string,
+    from: f.from as string
+  })
+  const server = await startMetricsServer(replicator, metricsPort, f['metrics-host'] as string, log)
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info({ signal }, 'shutting down')
+      process.once(signal, () => process.exit(1))
+      resolve()
+    }
+    process.once('SIGTERM', () => stop('SIGTERM'))
+    process.once('SIGINT', () => stop('SIGINT'))
+  })
+  await replicator.close()
+  await server.close()
+  return 0
+}
+
+async function connectTo (servers: string): Promise<Awaited<ReturnType<typeof connectNats>>> {
+  try {
+    return await connectNats({ servers: servers.split(',') })
+  } catch (err) {
+    throw new InvalidOptionError('--nats', `cannot reach NATS at ${servers} (${(err as Error).message}); start nats-server -js, or set NATS_URL`, { cause: err })
+  }
+}
+
+export function formatLagTable (rows: RegionLag[]): string[] {
+  const header = ['REGION', 'PARTITIONS', 'PENDING', 'LAG']
+  const lines = rows.map((r) => [r.region, String(r.consumers), String(r.pending), `${r.lagSeconds.toFixed(1)}s`])
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)))
+  return [header, ...lines].map((cols) => cols.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd())
+}
+
+async function status (args: string[], io: Io): Promise<number> {
+  const f = flags(args, { ...COMMON, json: { type: 'boolean' } }, io.env)
+  const nc = await connectTo(f.nats as string)
+  try {
+    const jsm = await jetstreamManager(nc)
+    const n = names(f.namespace as string)
+    const regions = await listRegions(jsm, n)
+    const partitions = await eventStreamPartitions(jsm, n) ?? 0
+    const rows = await Promise.all(regions.map(async (region) => await regionLag(jsm, n, region, partitions)))
+    if (f.json === true) io.out(JSON.stringify(rows.map((r) => ({ ...r, oldestPendingAt: r.oldestPendingAt?.toISOString() ?? null }))))
+    else if (rows.length === 0) io.out('no regions yet: start a replicator with `regionsync replicate`')
+    else for (const line of formatLagTable(rows)) io.out(line)
+    return 0
+  } finally {
+    await nc.close()
+  }
+}
+
+async function dlq (args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args
+  if (sub !== 'list') throw new InvalidOptionError('dlq', 'expects a subcommand: list')
+  const f = flags(rest, { ...COMMON, region: { type: 'string', env: 'REGIONSYNC_REGION' }, json: { type: 'boolean' } }, io.env)
+  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name'), '--region')
+  const nc = await connectTo(f.nats as string)
+  try {
+    const letters = await listDeadLetters(await jetstreamManager(nc), names(f.namespace as string), region)
+    if (f.json === true) {
+      io.out(JSON.stringify(letters.map(({ payload: _p, signature: _s, ...rest }) => rest)))
+    } else if (letters.length === 0) {
+      io.out(`no dead letters for region ${region}`)
+    } else {
+      for (const l of letters) {
+        io.out(`${l.failedAt}  ${l.reason}${l.status === null ? '' : ` ${l.status}`}  ${l.eventId ?? '-'}  ${l.method ?? '-'} ${l.path ?? '-'}  ${l.detail}${l.excerpt === '' ? '' : `  body: ${l.excerpt.slice(0, 120).replace(/\s+/g, ' ')}`}`)
+      }
+    }
+    return 0
+  } finally {
+    await nc.close()
+  }
+}
+
+async function demo (args: string[], io: Io): Promise<number> {
+  // The demo's API lives in the examples workspace; it is not part of the published command.
+  const spec = '@regionsync/examples/demo'
+  let mod: { runDemo: (args: string[], io: Io) => Promise<number> }
+  try {
+    mod = await import(spec) as typeof mod
+  } catch (err) {
+    io.err(`regionsync demo needs the examples workspace (run it from a clone of the regionsync repository): ${(err as Error).message}`)
+    return 1
+  }
+  return await mod.runDemo(args, io)
+}
+
+/** Runs the command; returns the exit code. Configuration errors are one line naming the option. */
+export async function runCli (argv: string[], io: Io = {
+  out: (l) => process.stdout.write(l + '\n'),
+  err: (l) => process.stderr.write(l + '\n'),
+  env: process.env
+}): Promise<number> {
+  const [command, ...args] = argv
+  try {
+    switch (command) {
+      case 'replicate': return await replicate(args, io)
+      case 'status': return await status(args, io)
+      case 'dlq': return await dlq(args, io)
+      case 'demo': return await demo(args, io)
+      case undefined: case '-h': case '--help': case 'help':
+        io.out(USAGE)
+        return command === undefined ? 2 : 0
+      default:
+        io.err(`regionsync: unknown command "${command}"\n${USAGE}`)
+        return 2
+    }
+  } catch (err) {
+    if (isRegionsyncError(err)) {
+      io.err(`regionsync: ${err.message}`)
+      return 2
+    }
+    throw err
+  }
+}

@@ -1,0 +1,3 @@
+export {
+  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, isRegionsyncError
+} from '@regionsync/shared'

@@ -1,0 +1,113 @@
+import type { NatsConnection } from '@nats-io/transport-node'
+import {
+  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseSigningKey, parseStartFrom, validateNamespace, validateRegion,
+  type Logger, type StartFrom, type StreamSettings
+} from '@regionsync/shared'
+import type { Registry } from 'prom-client'
+import { DEFAULT_ALREADY_APPLIED, DEFAULT_RETRY, type AlreadyAppliedMap, type RetrySchedule } from './retry-policy.js'
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
+export const DEFAULT_LAG_CACHE_MS = 1000
+
+export interface ReplicatorOptions {
+  /** The region this replicator applies events to. */
+  region: string
+  /** Base URL of the region's API. */
+  target: string | URL
+  /** The region's own credential, sent as `Authorization: Bearer`. */
+  targetToken?: string
+  /** Secret that verifies events (and signs replays). */
+  signingKey: string
+  /** The NATS connection; the replicator drains it on close only when `ownsConnection`. */
+  connection: NatsConnection
+  ownsConnection?: boolean
+  logger: Logger
+  /** @default 'regionsync' */
+  namespace?: string
+  /** Used when this replicator is the first to create the event stream. */
+  stream?: Partial<StreamSettings>
+  /** Where the region's consumers start when first created. @default 'first' */
+  from?: StartFrom | string
+  /** How long JetStream waits for an ack before redelivering. @default 30000 */
+  ackWaitMs?: number
+  /** Timeout of one replay request. @default 10000 */
+  requestTimeoutMs?: number
+  /** Keep-alive connections to the target. @default the stream's partition count */
+  connections?: number
+  retry?: Partial<RetrySchedule>
+  /** Statuses that count as already applied, per method. @default { DELETE: [404, 410], POST: [409] } */
+  alreadyApplied?: AlreadyAppliedMap
+  registry?: Registry
+  /** How long close() lets in-flight replays finish before handing them back. @default 10000 */
+  shutdownGraceMs?: number
+  /** Name of this instance in status answers. @default hostname:pid */
+  instance?: string
+}
+
+export interface ParsedReplicatorOptions {
+  region: string
+  target: URL
+  targetToken: string | undefined
+  signingKey: string
+  connection: NatsConnection
+  ownsConnection: boolean
+  logger: Logger
+  namespace: string
+  stream: Partial<StreamSettings>
+  from: StartFrom
+  ackWaitMs: number
+  requestTimeoutMs: number
+  connections: number | undefined
+  retry: RetrySchedule
+  alreadyApplied: AlreadyAppliedMap
+  registry: Registry | undefined
+  shutdownGraceMs: number
+  instance: string
+}
+
+export function parseTargetUrl (value: unknown, option = 'target'): URL {
+  let url: URL
+  try {
+    url = new URL(String(value))
+  } catch {
+    throw new InvalidOptionError(option, 'expects an http(s) URL such as https://eu.api.internal')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new InvalidOptionError(option, 'expects an http(s) URL such as https://eu.api.internal')
+  if (url.username !== '' || url.password !== '') throw new InvalidOptionError(option, 'must not hold credentials; use --target-token')
+  if (url.search !== '' || url.hash !== '') throw new InvalidOptionError(option, 'expects a base URL without query or fragment')
+  return url
+}
+
+function positiveInt (v: unknown, option: string, min: number): number {
+  if (!Number.isInteger(v) || (v as number) < min) throw new InvalidOptionError(option, `expects a whole number, at least ${min}`)
+  return v as number
+}
+
+export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorOptions {
+  const retry = { ...DEFAULT_RETRY, ...o.retry }
+  positiveInt(retry.baseDelayMs, 'retry.baseDelayMs', 1)
+  positiveInt(retry.maxDelayMs, 'retry.maxDelayMs', retry.baseDelayMs)
+  positiveInt(retry.maxAttempts, 'retry.maxAttempts', 0)
+  if (o.connection === undefined || typeof o.connection.isClosed !== 'function') throw new InvalidOptionError('connection', 'expects a NatsConnection')
+  return {
+    region: validateRegion(o.region),
+    target: parseTargetUrl(o.target),
+    targetToken: o.targetToken === '' ? undefined : o.targetToken,
+    signingKey: parseSigningKey(o.signingKey),
+    connection: o.connection,
+    ownsConnection: o.ownsConnection ?? false,
+    logger: o.logger,
+    namespace: validateNamespace(o.namespace ?? DEFAULT_NAMESPACE),
+    stream: o.stream ?? {},
+    from: typeof o.from === 'string' ? parseStartFrom(o.from) : o.from ?? { kind: 'first' },
+    ackWaitMs: positiveInt(o.ackWaitMs ?? DEFAULT_ACK_WAIT_MS, 'ackWaitMs', 1000),
+    requestTimeoutMs: positiveInt(o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, 'requestTimeoutMs', 100),
+    connections: o.connections === undefined ? undefined : positiveInt(o.connections, 'connections', 1),
+    retry,
+    alreadyApplied: o.alreadyApplied ?? DEFAULT_ALREADY_APPLIED,
+    registry: o.registry,
+    shutdownGraceMs: positiveInt(o.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS, 'shutdownGraceMs', 0),
+    instance: o.instance ?? `${process.env.HOSTNAME ?? 'replicator'}:${process.pid}`
+  }
+}

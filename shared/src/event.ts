@@ -1,0 +1,151 @@
+import { isUtf8 } from 'node:buffer'
+import { randomUUID } from 'node:crypto'
+import { MalformedEventError } from './errors.js'
+
+/** The event format version this build writes and reads. */
+export const EVENT_VERSION = 1
+
+export const MUTATION_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE'] as const
+export type MutationMethod = (typeof MUTATION_METHODS)[number]
+
+/** How the target learns the identifier the source assigned to a created resource (I8). */
+export type IdentityMode = 'inject' | 'put' | 'translate'
+export const IDENTITY_MODES: readonly IdentityMode[] = ['inject', 'put', 'translate']
+
+export interface CreatedResource {
+  /** The identifier the source assigned. */
+  id: string
+  /** Dotted path of the identifier in the create's response, reused in the replayed body. */
+  field: string
+  mode: IdentityMode
+}
+
+/** One successful mutation on the source API, as it travels through JetStream. */
+export interface RegionsyncEvent {
+  v: typeof EVENT_VERSION
+  /** Unique id; also the `Nats-Msg-Id` and the replay's `Idempotency-Key`. */
+  id: string
+  /** Region whose API took the write. */
+  origin: string
+  /** When the source answered 2xx (ISO 8601). */
+  committedAt: string
+  method: MutationMethod
+  /** Request path, always starting with one "/". */
+  path: string
+  /** Raw query string without "?", "" when none. */
+  query: string
+  contentType: string | null
+  /** The request body exactly as it arrived; null when the request had none. */
+  body: string | null
+  bodyEncoding: 'utf8' | 'base64'
+  /** Resource key: events with the same key are applied in order. */
+  resource: string
+  /** Non-credential headers the operator chose to carry, lower-case names. */
+  headers: Record<string, string>
+  created: CreatedResource | null
+}
+
+export interface NewEventInput {
+  origin: string
+  method: MutationMethod
+  path: string
+  query?: string
+  contentType?: string | null
+  body?: Buffer | null
+  resource: string
+  headers?: Record<string, string>
+  created?: CreatedResource | null
+  committedAt?: Date
+  id?: string
+}
+
+export function createEvent (input: NewEventInput): RegionsyncEvent {
+  const body = input.body ?? null
+  // Text travels as text unless JSON escaping would make it larger than base64: an event's size
+  // must stay within 4/3 of the body's, which is what the publisher's body limit counts on.
+  const utf8 = body === null || (isUtf8(body) && Buffer.byteLength(JSON.stringify(body.toString('utf8'))) - 2 <= Math.ceil(body.length / 3) * 4)
+  return {
+    v: EVENT_VERSION,
+    id: input.id ?? randomUUID(),
+    origin: input.origin,
+    committedAt: (input.committedAt ?? new Date()).toISOString(),
+    method: input.method,
+    path: input.path,
+    query: input.query ?? '',
+    contentType: input.contentType ?? null,
+    body: body === null ? null : body.toString(utf8 ? 'utf8' : 'base64'),
+    bodyEncoding: utf8 ? 'utf8' : 'base64',
+    resource: input.resource,
+    headers: input.headers ?? {},
+    created: input.created ?? null
+  }
+}
+
+/** The request body as bytes, exactly as the client sent it. */
+export function eventBody (event: RegionsyncEvent): Buffer | null {
+  if (event.body === null) return null
+  return Buffer.from(event.body, event.bodyEncoding)
+}
+
+export function encodeEvent (event: RegionsyncEvent): Uint8Array {
+  return Buffer.from(JSON.stringify(event))
+}
+
+/**
+ * Decodes and validates an event. Every way it can be wrong raises a MalformedEventError naming
+ * the field, so a dead letter says what to fix.
+ */
+export function decodeEvent (data: Uint8Array): RegionsyncEvent {
+  let raw: unknown
+  try {
+    raw = JSON.parse(Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'))
+  } catch (err) {
+    throw new MalformedEventError('event is not valid JSON', { cause: err })
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new MalformedEventError('event is not a JSON object')
+  }
+  const e = raw as Record<string, unknown>
+  if (e.v !== EVENT_VERSION) {
+    throw new MalformedEventError(`unknown event version ${JSON.stringify(e.v)} (this build reads ${EVENT_VERSION})`)
+  }
+  str(e, 'id')
+  str(e, 'origin')
+  str(e, 'committedAt')
+  if (Number.isNaN(Date.parse(e.committedAt as string))) throw new MalformedEventError('committedAt is not a date')
+  if (!MUTATION_METHODS.includes(e.method as MutationMethod)) {
+    throw new MalformedEventError(`method ${JSON.stringify(e.method)} is not one of ${MUTATION_METHODS.join(', ')}`)
+  }
+  str(e, 'path')
+  str(e, 'query', true)
+  strOrNull(e, 'contentType')
+  strOrNull(e, 'body')
+  if (e.bodyEncoding !== 'utf8' && e.bodyEncoding !== 'base64') {
+    throw new MalformedEventError('bodyEncoding must be "utf8" or "base64"')
+  }
+  str(e, 'resource')
+  if (e.headers === null || typeof e.headers !== 'object' || Array.isArray(e.headers) ||
+      !Object.values(e.headers).every((v) => typeof v === 'string')) {
+    throw new MalformedEventError('headers must be an object of strings')
+  }
+  if (e.created !== null) {
+    const c = e.created as Record<string, unknown> | undefined
+    if (c === undefined || typeof c !== 'object' || typeof c.id !== 'string' || typeof c.field !== 'string' ||
+        !IDENTITY_MODES.includes(c.mode as IdentityMode)) {
+      throw new MalformedEventError('created must be null or { id, field, mode }')
+    }
+  }
+  return e as unknown as RegionsyncEvent
+}
+
+function str (e: Record<string, unknown>, field: string, allowEmpty = false): void {
+  const v = e[field]
+  if (typeof v !== 'string' || (!allowEmpty && v.length === 0)) {
+    throw new MalformedEventError(`${field} is missing or not a string`)
+  }
+}
+
+function strOrNull (e: Record<string, unknown>, field: string): void {
+  const v = e[field]
+  if (v !== null && typeof v !== 'string') throw new MalformedEventError(`${field} must be a string or null`)
+}

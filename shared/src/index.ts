@@ -1,0 +1,29 @@
+export {
+  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, isRegionsyncError
+} from './errors.js'
+export {
+  DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, MAX_PARTITIONS, names, partitionOf, validateRegion, validateNamespace
+} from './names.js'
+export type { Names } from './names.js'
+export {
+  EVENT_VERSION, MUTATION_METHODS, IDENTITY_MODES, createEvent, encodeEvent, decodeEvent, eventBody
+} from './event.js'
+export type { RegionsyncEvent, NewEventInput, MutationMethod, IdentityMode, CreatedResource } from './event.js'
+export {
+  EVENT_SIGNATURE_HEADER, REPLAY_SIGNATURE_HEADER, REPLAY_ORIGIN_HEADER, IDEMPOTENCY_KEY_HEADER, MIN_KEY_LENGTH,
+  DEV_SIGNING_KEY, DEFAULT_REPLAY_TOLERANCE_MS, createSigner, parseSigningKey
+} from './signing.js'
+export type { Signer, ReplayIdentity } from './signing.js'
+export {
+  DEFAULT_NATS_URL, SERVER_FEATURES, connectNats, serverVersion, serverSupports, requireServerFeature, serverMaxPayload
+} from './nats.js'
+export type { NatsConnectOptions, ServerFeature } from './nats.js'
+export {
+  DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
+  ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, isNotFound, CONSUMER_NAME_RE
+} from './stream-setup.js'
+export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings } from './stream-setup.js'
+export { regionLag, listRegions } from './lag.js'
+export type { RegionLag } from './lag.js'
+export { createLogger, DEFAULT_LOG_LEVEL } from './logger.js'
+export type { Logger } from './logger.js'

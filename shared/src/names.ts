@@ -1,0 +1,78 @@
+import { InvalidOptionError } from './errors.js'
+
+/**
+ * Every NATS name regionsync uses derives from one namespace, so that several independent
+ * deployments (or tests) can share a server without seeing each other's events.
+ */
+export const DEFAULT_NAMESPACE = 'regionsync'
+export const DEFAULT_PARTITIONS = 16
+export const MAX_PARTITIONS = 256
+
+const REGION_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/
+const NAMESPACE_RE = /^[a-z][a-z0-9_]{0,31}$/
+
+export function validateRegion (region: unknown, option = 'region'): string {
+  if (typeof region !== 'string' || !REGION_RE.test(region)) {
+    throw new InvalidOptionError(option, 'expects a region name of 1-32 lower-case letters, digits, "-" or "_" (e.g. "eu-west")')
+  }
+  return region
+}
+
+export function validateNamespace (ns: unknown, option = 'namespace'): string {
+  if (typeof ns !== 'string' || !NAMESPACE_RE.test(ns)) {
+    throw new InvalidOptionError(option, 'expects 1-32 lower-case letters, digits or "_", starting with a letter')
+  }
+  return ns
+}
+
+export interface Names {
+  namespace: string
+  /** The stream that holds every event. */
+  eventStream: string
+  /** The stream that holds dead letters of every region. */
+  dlqStream: string
+  /** Subject of an event: `<ns>.ev.<partition>.<origin>`. */
+  eventSubject: (partition: number, origin: string) => string
+  /** Filter for one partition, all origins. */
+  partitionFilter: (partition: number) => string
+  eventSubjects: string
+  dlqSubject: (region: string) => string
+  dlqSubjects: string
+  /** Durable consumer of one region and partition, shared by all of the region's instances. */
+  consumer: (region: string, partition: number) => string
+  /** KV bucket of applied event ids (idempotency records). */
+  appliedBucket: string
+  /** NATS subject every replicator answers status requests on. */
+  statusSubject: string
+}
+
+export function names (namespace: string = DEFAULT_NAMESPACE): Names {
+  const ns = validateNamespace(namespace)
+  const upper = ns.toUpperCase()
+  return {
+    namespace: ns,
+    eventStream: `${upper}_EVENTS`,
+    dlqStream: `${upper}_DLQ`,
+    eventSubject: (partition, origin) => `${ns}.ev.${partition}.${origin}`,
+    partitionFilter: (partition) => `${ns}.ev.${partition}.*`,
+    eventSubjects: `${ns}.ev.>`,
+    dlqSubject: (region) => `${ns}.dlq.${region}`,
+    dlqSubjects: `${ns}.dlq.>`,
+    consumer: (region, partition) => `${ns}_${region}_p${partition}`,
+    appliedBucket: `${ns}_applied`,
+    statusSubject: `${ns}.status`
+  }
+}
+
+/**
+ * FNV-1a over the resource key's UTF-16 code units. Stable across processes and versions: the
+ * partition of a key must never change while events for it may still be in flight, or order breaks.
+ */
+export function partitionOf (resourceKey: string, partitions: number): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < resourceKey.length; i++) {
+    h ^= resourceKey.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return (h >>> 0) % partitions
+}

@@ -1,0 +1,196 @@
+import {
+  AckPolicy, DeliverPolicy, DiscardPolicy, JetStreamApiError, RetentionPolicy, StorageType, StoreCompression,
+  type ConsumerConfig, type JetStreamManager, type StreamConfig
+} from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { ErrorCode, InvalidOptionError, RegionsyncError } from './errors.js'
+import { DEFAULT_PARTITIONS, MAX_PARTITIONS, type Names } from './names.js'
+import { requireServerFeature } from './nats.js'
+
+const DAY_MS = 86_400_000
+export const DEFAULT_MAX_AGE_MS = 7 * DAY_MS
+export const DEFAULT_DUPLICATE_WINDOW_MS = 10 * 60_000
+export const DEFAULT_ACK_WAIT_MS = 30_000
+
+export interface StreamSettings {
+  /** Partitions of the event stream; fixed for the stream's life. @default 16 (or what the stream has) */
+  partitions?: number
+  /** @default 1 */
+  replicas: number
+  /** How long events are kept; a region behind by more than this loses events. @default 7 days */
+  maxAgeMs: number
+  /** Window in which JetStream drops a re-published event id. @default 10 minutes */
+  duplicateWindowMs: number
+  /** Compress the stream on disk (needs nats-server 2.10). @default false */
+  compression: boolean
+}
+
+export function defaultStreamSettings (): StreamSettings {
+  return { replicas: 1, maxAgeMs: DEFAULT_MAX_AGE_MS, duplicateWindowMs: DEFAULT_DUPLICATE_WINDOW_MS, compression: false }
+}
+
+export function parseStreamSettings (input: Partial<StreamSettings> | undefined): StreamSettings {
+  const s = { ...defaultStreamSettings(), ...input }
+  if (s.partitions !== undefined && (!Number.isInteger(s.partitions) || s.partitions < 1 || s.partitions > MAX_PARTITIONS)) {
+    throw new InvalidOptionError('stream.partitions', `expects a whole number from 1 to ${MAX_PARTITIONS}`)
+  }
+  if (![1, 3, 5].includes(s.replicas)) throw new InvalidOptionError('stream.replicas', 'expects 1, 3 or 5')
+  if (!Number.isInteger(s.maxAgeMs) || s.maxAgeMs < 60_000) throw new InvalidOptionError('stream.maxAgeMs', 'expects milliseconds, at least 60000')
+  if (!Number.isInteger(s.duplicateWindowMs) || s.duplicateWindowMs < 1000 || s.duplicateWindowMs > s.maxAgeMs) {
+    throw new InvalidOptionError('stream.duplicateWindowMs', 'expects milliseconds, from 1000 to stream.maxAgeMs')
+  }
+  return s
+}
+
+const DESCRIPTION_RE = /^regionsync events v1 partitions=(\d+)$/
+const ms = (n: number): number => n * 1_000_000
+
+export interface EventStreamInfo {
+  partitions: number
+}
+
+/**
+ * Creates the event stream if it is missing and verifies it if present. A running stream is never
+ * changed: a mismatch that would break ordering (subjects, partitions) is an error, and the
+ * partition count of an existing stream wins when none was asked for.
+ */
+export async function ensureEventStream (nc: NatsConnection, jsm: JetStreamManager, n: Names, settings: StreamSettings): Promise<EventStreamInfo> {
+  if (settings.compression) requireServerFeature(nc, 'streamCompression', 'stream.compression')
+  const partitions = settings.partitions ?? DEFAULT_PARTITIONS
+  const config: Partial<StreamConfig> & { name: string } = {
+    name: n.eventStream,
+    description: `regionsync events v1 partitions=${partitions}`,
+    subjects: [n.eventSubjects],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    max_age: ms(settings.maxAgeMs),
+    duplicate_window: ms(settings.duplicateWindowMs),
+    num_replicas: settings.replicas,
+    ...(settings.compression ? { compression: StoreCompression.S2 } : {})
+  }
+  const info = await addOrGet(jsm, config)
+  const m = DESCRIPTION_RE.exec(info.config.description ?? '')
+  if (m === null || !(info.config.subjects ?? []).includes(n.eventSubjects)) {
+    throw new RegionsyncError(ErrorCode.StreamMismatch,
+      `stream ${n.eventStream} exists but was not made by regionsync (subjects ${JSON.stringify(info.config.subjects)}); choose another namespace`)
+  }
+  const existing = Number(m[1])
+  if (settings.partitions !== undefined && settings.partitions !== existing) {
+    throw new RegionsyncError(ErrorCode.StreamMismatch,
+      `stream ${n.eventStream} has ${existing} partitions, ${settings.partitions} were asked for; partitions cannot change on a running stream without breaking order`)
+  }
+  return { partitions: existing }
+}
+
+/** Partition count of an existing event stream; null when there is none yet. */
+export async function eventStreamPartitions (jsm: JetStreamManager, n: Names): Promise<number | null> {
+  try {
+    const info = await jsm.streams.info(n.eventStream)
+    const m = DESCRIPTION_RE.exec(info.config.description ?? '')
+    return m === null ? null : Number(m[1])
+  } catch (err) {
+    if (isNotFound(err)) return null
+    throw err
+  }
+}
+
+/** The dead-letter stream keeps letters until an operator replays or purges them. */
+export async function ensureDlqStream (jsm: JetStreamManager, n: Names, replicas: number): Promise<void> {
+  await addOrGet(jsm, {
+    name: n.dlqStream,
+    description: 'regionsync dead letters v1',
+    subjects: [n.dlqSubjects],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: replicas
+  })
+}
+
+async function addOrGet (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
+  const name = config.name
+  try {
+    return await jsm.streams.info(name)
+  } catch (err) {
+    if (!isNotFound(err)) throw err
+  }
+  try {
+    return await jsm.streams.add(config)
+  } catch (err) {
+    // Another process created it between our look and our add.
+    if (err instanceof JetStreamApiError && err.code === 10058) return await jsm.streams.info(name)
+    throw err
+  }
+}
+
+export function isNotFound (err: unknown): boolean {
+  return err instanceof JetStreamApiError && (err.status === 404 || err.code === 10059 || err.code === 10014)
+}
+
+/** Where a region's consumers start when they are first created. */
+export type StartFrom = { kind: 'first' } | { kind: 'new' } | { kind: 'seq', seq: number } | { kind: 'time', time: Date }
+
+export function parseStartFrom (value: string, option = '--from'): StartFrom {
+  if (value === 'first') return { kind: 'first' }
+  if (value === 'new') return { kind: 'new' }
+  const seq = /^seq:(\d+)$/.exec(value)
+  if (seq !== null && Number(seq[1]) >= 1) return { kind: 'seq', seq: Number(seq[1]) }
+  const time = /^time:(.+)$/.exec(value)
+  if (time !== null && !Number.isNaN(Date.parse(time[1] as string))) return { kind: 'time', time: new Date(time[1] as string) }
+  throw new InvalidOptionError(option, 'expects first, new, seq:N (N >= 1) or time:ISO-8601 (e.g. time:2026-01-31T12:00:00Z)')
+}
+
+export interface PartitionConsumerSettings {
+  region: string
+  partition: number
+  from: StartFrom
+  ackWaitMs: number
+}
+
+/**
+ * One durable pull consumer per region and partition, shared by every instance of the region: the
+ * durable queue group. `max_ack_pending: 1` is what keeps each partition, and so each resource, in
+ * order across any number of instances and redeliveries.
+ */
+export async function ensurePartitionConsumer (jsm: JetStreamManager, n: Names, s: PartitionConsumerSettings): Promise<string> {
+  const name = n.consumer(s.region, s.partition)
+  const filter = n.partitionFilter(s.partition)
+  try {
+    const info = await jsm.consumers.info(n.eventStream, name)
+    if (info.config.filter_subject !== filter || info.config.max_ack_pending !== 1 || info.config.ack_policy !== AckPolicy.Explicit) {
+      throw new RegionsyncError(ErrorCode.StreamMismatch, `consumer ${name} exists with another filter or ack settings; delete it to let regionsync recreate it`)
+    }
+    return name
+  } catch (err) {
+    if (!isNotFound(err)) throw err
+  }
+  const config: Partial<ConsumerConfig> = {
+    durable_name: name,
+    description: `regionsync region=${s.region} partition=${s.partition}`,
+    filter_subject: filter,
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: ms(s.ackWaitMs),
+    max_ack_pending: 1,
+    max_deliver: -1,
+    ...deliverPolicy(s.from)
+  }
+  try {
+    await jsm.consumers.add(n.eventStream, config)
+  } catch (err) {
+    // Another instance of the region created it first, possibly with another start point: theirs wins.
+    if (!(err instanceof JetStreamApiError)) throw err
+    await jsm.consumers.info(n.eventStream, name)
+  }
+  return name
+}
+
+function deliverPolicy (from: StartFrom): Partial<ConsumerConfig> {
+  switch (from.kind) {
+    case 'first': return { deliver_policy: DeliverPolicy.All }
+    case 'new': return { deliver_policy: DeliverPolicy.New }
+    case 'seq': return { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.seq }
+    case 'time': return { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.time.toISOString() }
+  }
+}
+
+export const CONSUMER_NAME_RE = (ns: string): RegExp => new RegExp(`^${ns}_([a-z0-9][a-z0-9_-]{0,31})_p(\\d+)$`)

@@ -1,0 +1,73 @@
+import type { NatsConnection } from '@nats-io/transport-node'
+import { Replicator } from '@regionsync/replicator'
+import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest'
+import { NatsServer } from './helpers/nats-server.js'
+import { SIGNING_KEY, call, connect, silentLogger, startIdentityApi, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
+
+let nats: NatsServer
+beforeAll(async () => { nats = await NatsServer.start() })
+afterAll(async () => { await nats.stop() })
+
+const cleanup: Array<() => Promise<unknown>> = []
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn()
+})
+
+async function connection (): Promise<NatsConnection> {
+  const nc = await connect(nats.url)
+  cleanup.push(async () => await nc.close())
+  return nc
+}
+
+async function api (region: string, namespace: string, token?: string): Promise<RunningApi> {
+  const running = await startIdentityApi({ region, namespace, nc: await connection(), ...(token !== undefined ? { token } : {}) })
+  cleanup.push(async () => await running.app.close())
+  return running
+}
+
+async function replicator (region: string, target: string, namespace: string, token?: string): Promise<Replicator> {
+  const r = await Replicator.start({
+    region, target, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
+    ...(token !== undefined ? { targetToken: token } : {})
+  })
+  cleanup.push(async () => await r.close())
+  return r
+}
+
+describe('end to end', () => {
+  it('two regions with two replicator instances each end with the source\'s data', async () => {
+    const ns = uniqueNamespace()
+    const source = await api('us', ns)
+    const eu = await api('eu', ns, 'eu-secret')
+    const ap = await api('ap', ns, 'ap-secret')
+    const replicators = [
+      await replicator('eu', eu.url, ns, 'eu-secret'), await replicator('eu', eu.url, ns, 'eu-secret'),
+      await replicator('ap', ap.url, ns, 'ap-secret'), await replicator('ap', ap.url, ns, 'ap-secret')
+    ]
+
+    const ids: string[] = []
+    for (let i = 0; i < 40; i++) {
+      const res = await call(source.url, 'POST', '/v3/users', { user: { name: `user${i}`, password: `pw${i}` } })
+      expect(res.status).toBe(201)
+      ids.push(res.body.user.id)
+    }
+    const project = await call(source.url, 'POST', '/v3/projects', { project: { name: 'ops' } })
+    for (const [i, id] of ids.entries()) {
+      if (i % 3 === 0) expect((await call(source.url, 'DELETE', `/v3/users/${id}`)).status).toBe(204)
+      else expect((await call(source.url, 'PATCH', `/v3/users/${id}`, { user: { email: `u${i}@example.org` } })).status).toBe(200)
+      if (i % 3 === 1) expect((await call(source.url, 'PUT', `/v3/projects/${project.body.project.id as string}/users/${id}/roles/admin`)).status).toBe(204)
+    }
+
+    const expected = await state(source.url)
+    expect(expected.users).toHaveLength(26)
+    expect(expected.grants.length).toBeGreaterThan(0)
+    for (const region of [eu, ap]) {
+      await waitFor('region to match the source', async () => JSON.stringify(await state(region.url)) === JSON.stringify(expected))
+    }
+    for (const r of replicators) await waitFor('lag to drain', async () => (await r.lag()).pending === 0)
+    const applied = (await Promise.all(replicators.map(async (r) => (await r.status()).applied)))
+    // Every event reached each region once: 40 creates, 1 project, 40 updates/deletes, 13 grants.
+    expect(applied[0]! + applied[1]!).toBe(94)
+    expect(applied[2]! + applied[3]!).toBe(94)
+  })
+})

@@ -1,0 +1,66 @@
+import { randomBytes } from 'node:crypto'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
+import { connectNats, createLogger, type Logger } from '@regionsync/shared'
+import type { FastifyInstance } from 'fastify'
+import { request } from 'undici'
+
+export const SIGNING_KEY = randomBytes(32).toString('hex')
+
+/** Unique per test, so streams, consumers and buckets never collide. */
+export function uniqueNamespace (): string {
+  return `t${randomBytes(5).toString('hex')}`
+}
+
+export const silentLogger: Logger = createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
+
+export async function connect (url: string): Promise<NatsConnection> {
+  return await connectNats({ servers: url })
+}
+
+export interface RunningApi {
+  app: FastifyInstance
+  url: string
+}
+
+export async function startIdentityApi (opts: { region: string, namespace: string, nc?: NatsConnection, token?: string, plugin?: boolean }): Promise<RunningApi> {
+  const app = await buildIdentityApi({
+    region: opts.region,
+    ...(opts.token !== undefined ? { token: opts.token } : {}),
+    regionsync: opts.plugin === false || opts.nc === undefined
+      ? false
+      : { region: opts.region, connection: opts.nc, signingKey: SIGNING_KEY, namespace: opts.namespace }
+  })
+  const url = await app.listen({ port: 0, host: '127.0.0.1' })
+  return { app, url }
+}
+
+export async function state (url: string): Promise<IdentityState> {
+  const res = await request(`${url}/_state`)
+  return await res.body.json() as IdentityState
+}
+
+export async function call (url: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number, body: any }> {
+  const res = await request(url + path, {
+    method: method as 'POST',
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body)
+  })
+  const text = await res.body.text()
+  return { status: res.statusCode, body: text === '' ? null : JSON.parse(text) }
+}
+
+export async function waitFor<T> (what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn()
+      if (v !== undefined && v !== false) return v
+    } catch (err) {
+      last = err
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`)
+}

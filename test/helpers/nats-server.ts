@@ -1,0 +1,81 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer, connect as tcpConnect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+export const NATS_SERVER_BIN = process.env.NATS_SERVER_BIN ?? 'nats-server'
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitForPort (port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = tcpConnect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`nats-server did not listen on ${port} within ${timeoutMs} ms`)
+}
+
+/** A real nats-server with JetStream on a free port and its own store, which a test may kill and restart. */
+export class NatsServer {
+  readonly port: number
+  readonly storeDir: string
+  #proc: ChildProcess | null = null
+
+  private constructor (port: number, storeDir: string) {
+    this.port = port
+    this.storeDir = storeDir
+  }
+
+  get url (): string {
+    return `nats://127.0.0.1:${this.port}`
+  }
+
+  static async start (): Promise<NatsServer> {
+    const s = new NatsServer(await freePort(), await mkdtemp(join(tmpdir(), 'regionsync-nats-')))
+    await s.restart()
+    return s
+  }
+
+  /** Starts the server again on the same port and store. */
+  async restart (): Promise<void> {
+    if (this.#proc !== null) throw new Error('nats-server is running')
+    const proc = spawn(NATS_SERVER_BIN, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], { stdio: 'ignore' })
+    this.#proc = proc
+    proc.once('exit', () => { if (this.#proc === proc) this.#proc = null })
+    await new Promise<void>((resolve, reject) => {
+      proc.once('error', (err) => reject(new Error(`cannot start ${NATS_SERVER_BIN}: ${err.message} (apt-get install nats-server)`)))
+      waitForPort(this.port, 10_000).then(resolve, reject)
+    })
+  }
+
+  /** Kills the server (SIGKILL by default) and waits for it to be gone. */
+  async kill (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const proc = this.#proc
+    if (proc === null) return
+    const exited = new Promise((resolve) => proc.once('exit', resolve))
+    proc.kill(signal)
+    await exited
+    this.#proc = null
+  }
+
+  async stop (): Promise<void> {
+    await this.kill('SIGTERM')
+    await rm(this.storeDir, { recursive: true, force: true })
+  }
+}
