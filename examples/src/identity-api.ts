@@ -138,15 +138,17 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
     return await reply.code(204).send()
   })
 
-  // Keystone's role grant: PUT /v3/projects/{p}/users/{u}/roles/{r}. Keyed on the project, the
-  // route's first parameter, so grants stay in order with the project's own create and delete.
-  app.put<{ Params: { project: string, user: string, role: string } }>('/v3/projects/:project/users/:user/roles/:role', async (request, reply) => {
+  // Keystone's role grant: PUT /v3/projects/{p}/users/{u}/roles/{r}. A grant lives and dies with
+  // its user (deleting the user removes it), so it is keyed on the user, not on the route's first
+  // parameter: grant and user delete then apply in the order the source saw them.
+  const grantKey = { regionsync: { resource: (request: { params: unknown }) => ({ type: '/v3/users', id: (request.params as { user: string }).user }) } }
+  app.put<{ Params: { project: string, user: string, role: string } }>('/v3/projects/:project/users/:user/roles/:role', { config: grantKey }, async (request, reply) => {
     const { project, user, role } = request.params
     if (!projects.has(project) || !users.has(user)) return await reply.code(404).send({ error: 'no such project or user' })
     grants.add(`${user}/${project}/${role}`)
     return await reply.code(204).send()
   })
-  app.delete<{ Params: { project: string, user: string, role: string } }>('/v3/projects/:project/users/:user/roles/:role', async (request, reply) => {
+  app.delete<{ Params: { project: string, user: string, role: string } }>('/v3/projects/:project/users/:user/roles/:role', { config: grantKey }, async (request, reply) => {
     const { project, user, role } = request.params
     if (!grants.delete(`${user}/${project}/${role}`)) return await reply.code(404).send({ error: 'no such grant' })
     return await reply.code(204).send()

@@ -89,6 +89,7 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
   positiveInt(retry.baseDelayMs, 'retry.baseDelayMs', 1)
   positiveInt(retry.maxDelayMs, 'retry.maxDelayMs', retry.baseDelayMs)
   positiveInt(retry.maxAttempts, 'retry.maxAttempts', 0)
+  positiveInt(retry.dependencyAttempts, 'retry.dependencyAttempts', 1)
   if (o.connection === undefined || typeof o.connection.isClosed !== 'function') throw new InvalidOptionError('connection', 'expects a NatsConnection')
   return {
     region: validateRegion(o.region),

@@ -104,6 +104,11 @@ export class Replicator {
     this.#log.info({ partitions: this.#partitions, target: this.#o.target.origin, instance: this.#o.instance }, 'replicator started')
   }
 
+  /** What this instance has done since it started. */
+  get counts (): Readonly<{ applied: number, retries: number, deadLetters: number }> {
+    return { ...this.#counts }
+  }
+
   get partitions (): number {
     return this.#partitions
   }

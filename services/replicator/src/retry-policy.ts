@@ -12,9 +12,16 @@ export interface RetrySchedule {
   maxDelayMs: number
   /** Attempts before a transiently failing event is dead-lettered; 0 retries forever. @default 0 */
   maxAttempts: number
+  /**
+   * Attempts a write answered 404 gets before it is dead-lettered. The source answered 2xx, so a
+   * 404 here most often means a resource the write names (a grant's user) sits in another
+   * partition and has not been applied yet; with the backoff, 8 attempts wait about a minute.
+   * @default 8
+   */
+  dependencyAttempts: number
 }
 
-export const DEFAULT_RETRY: RetrySchedule = { baseDelayMs: 250, maxDelayMs: 30_000, maxAttempts: 0 }
+export const DEFAULT_RETRY: RetrySchedule = { baseDelayMs: 250, maxDelayMs: 30_000, maxAttempts: 0, dependencyAttempts: 8 }
 
 /** Exponential backoff with "equal jitter": half fixed, half random, capped. */
 export function backoffMs (attempt: number, s: RetrySchedule, random: () => number = Math.random): number {
@@ -54,6 +61,9 @@ export function classify (
     const hinted = status === 429 || status === 503 ? retryAfterMs(headers['retry-after']) : null
     const delayMs = hinted === null ? backoffMs(attempt, schedule) : Math.min(hinted, schedule.maxDelayMs * 10)
     return { kind: 'retry', delayMs, reason: `target answered ${status}` }
+  }
+  if (status === 404 && method !== 'DELETE' && attempt < schedule.dependencyAttempts) {
+    return { kind: 'retry', delayMs: backoffMs(attempt, schedule), reason: 'target answered 404; waiting for a resource this write names' }
   }
   return { kind: 'reject', status, reason: `target answered ${status}` }
 }
