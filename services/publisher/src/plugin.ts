@@ -93,12 +93,19 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       keyDepth: keyDepthOf(route.url),
       defaultCreatedId: config.createdId === DEFAULT_CREATED_ID
     }
-    route.preParsing = [...toArray(route.preParsing), async (request: FastifyRequest, _reply: FastifyReply, payload: NodeJS.ReadableStream) => {
+    route.preParsing = [...toArray(route.preParsing), async (request: FastifyRequest, reply: FastifyReply, payload: NodeJS.ReadableStream) => {
       if (!o.methods.has(request.method)) return payload
       const capture: Capture = { route: covered, body: null, response: undefined }
       ;(request as CapturingRequest)[kCapture] = capture
       if (!hasBody(request)) return payload
-      capture.body = await captureBody(payload, request.headers['content-length'], maxBodyBytes)
+      try {
+        capture.body = await captureBody(payload, request.headers['content-length'], maxBodyBytes)
+      } catch (err) {
+        // As Fastify does for its own body limit: the client may still be sending the rest of the
+        // body, so the connection cannot be reused; left open it also holds app.close() up.
+        reply.header('connection', 'close')
+        throw err
+      }
       return replayStream(capture.body)
     }] as RouteOptions['preParsing']
     route.preSerialization = [...toArray(route.preSerialization), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {

@@ -2,10 +2,10 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import {
   DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, eventStreamPartitions, isRegionsyncError,
-  listRegions, names, regionLag, validateRegion, type RegionLag
+  listRegions, names, parseSigningKey, parseStartFrom, regionLag, validateNamespace, validateRegion, type RegionLag
 } from '@regionsync/shared'
 import { listDeadLetters } from './dead-letter.js'
-import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer } from './http-server.js'
+import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
 import { parseTargetUrl } from './options.js'
 import { Replicator } from './replicator.js'
 
@@ -91,21 +91,39 @@ async function replicate (args: string[], io: Io): Promise<number> {
     if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required (or REGIONSYNC_SIGNING_KEY); expects the secret the publishers sign with (--dev allows the insecure dev key)')
     signingKey = DEV_SIGNING_KEY
   }
+  // Checked before connecting, so a bad value is reported by its flag whether or not NATS is up.
+  parseSigningKey(signingKey, '--signing-key')
+  const from = parseStartFrom(f.from as string, '--from')
+  const namespace = validateNamespace(f.namespace, '--namespace')
+  const metricsHost = f['metrics-host'] as string
   const log = createLogger({ name: 'regionsync' })
   if (f.dev === true) log.warn('dev mode: accepting events signed with the well-known dev key')
   const nc = await connectTo(f.nats as string)
-  const replicator = await Replicator.start({
-    region,
-    target,
-    targetToken: f['target-token'] as string | undefined,
-    signingKey,
-    connection: nc,
-    ownsConnection: true,
-    logger: log,
-    namespace: f.namespace as string,
-    from: f.from as string
-  })
-  const server = await startMetricsServer(replicator, metricsPort, f['metrics-host'] as string, log)
+  let replicator: Replicator
+  try {
+    replicator = await Replicator.start({
+      region,
+      target,
+      targetToken: f['target-token'] as string | undefined,
+      signingKey,
+      connection: nc,
+      ownsConnection: true,
+      logger: log,
+      namespace,
+      from
+    })
+  } catch (err) {
+    // An open connection would keep the process alive after the error is reported.
+    await nc.close()
+    throw err
+  }
+  let server: MetricsServer
+  try {
+    server = await startMetricsServer(replicator, metricsPort, metricsHost, log)
+  } catch (err) {
+    await replicator.close()
+    throw new InvalidOptionError('--metrics-port', `cannot listen on ${metricsHost}:${metricsPort} (${(err as Error).message})`, { cause: err })
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'shutting down')

@@ -290,9 +290,9 @@ export class Replicator {
    * hands their events back for immediate redelivery), closes the target pool and, when it owns
    * the connection, drains NATS. Every call returns the same promise.
    */
-  async close (): Promise<void> {
+  close (): Promise<void> {
     this.#closing ??= this.#close()
-    return await this.#closing
+    return this.#closing
   }
 
   async #close (): Promise<void> {

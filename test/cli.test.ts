@@ -1,0 +1,299 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { fileURLToPath } from 'node:url'
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { names, regionLag } from '@regionsync/shared'
+import { Replicator, listDeadLetters, type ReplicatorOptions } from '@regionsync/replicator'
+import { request } from 'undici'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { EventPublisher, newEvent } from './helpers/events.js'
+import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { NatsServer, freePort } from './helpers/nats-server.js'
+import { TestTarget, type Script } from './helpers/target.js'
+
+const BIN = fileURLToPath(new URL('../services/replicator/bin/regionsync.js', import.meta.url))
+
+let nats: NatsServer
+beforeAll(async () => { nats = await NatsServer.start() })
+afterAll(async () => { await nats.stop() })
+
+const cleanup: Array<() => Promise<unknown>> = []
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn()
+})
+
+/** Only what the test sets: no REGIONSYNC_* or NATS_URL leaks in from the shell running the tests. */
+function childEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info', ...extra }
+}
+
+interface Finished {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+/** A running `regionsync` process with its output collected. */
+class Command {
+  readonly proc: ChildProcess
+  stdout = ''
+  stderr = ''
+  readonly exited: Promise<Finished>
+
+  constructor (args: string[], env: NodeJS.ProcessEnv) {
+    this.proc = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => { this.stdout += d })
+    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.stderr += d })
+    this.exited = new Promise((resolve) => {
+      this.proc.once('close', (code, signal) => resolve({ code, signal, stdout: this.stdout, stderr: this.stderr }))
+    })
+  }
+
+  /** The metrics port, from the pino line "metrics listening". */
+  async metricsPort (): Promise<number> {
+    return await waitFor(`"metrics listening" on stdout (stderr: ${this.stderr})`, () => {
+      for (const line of this.stdout.split('\n')) {
+        if (!line.startsWith('{')) continue
+        const entry = JSON.parse(line) as { msg?: string, port?: number }
+        if (entry.msg === 'metrics listening') return entry.port
+      }
+      return undefined
+    }, 15_000)
+  }
+}
+
+/** Runs the command to its end; a hang is a failure, not a timeout of the whole file. */
+async function run (args: string[], env: NodeJS.ProcessEnv = childEnv(), timeoutMs = 10_000): Promise<Finished> {
+  const cmd = new Command(args, env)
+  const timer = setTimeout(() => cmd.proc.kill('SIGKILL'), timeoutMs)
+  const done = await cmd.exited
+  clearTimeout(timer)
+  if (done.signal === 'SIGKILL') throw new Error(`regionsync ${args.join(' ')} did not exit within ${timeoutMs} ms; stderr: ${done.stderr}`)
+  return done
+}
+
+function start (args: string[], env: NodeJS.ProcessEnv = childEnv()): Command {
+  const cmd = new Command(args, env)
+  cleanup.push(async () => {
+    if (cmd.proc.exitCode === null && cmd.proc.signalCode === null) {
+      cmd.proc.kill('SIGKILL')
+      await cmd.exited
+    }
+  })
+  return cmd
+}
+
+async function connection (): Promise<NatsConnection> {
+  const nc = await connect(nats.url)
+  cleanup.push(async () => await nc.close())
+  return nc
+}
+
+async function target (script?: Script): Promise<TestTarget> {
+  const t = await TestTarget.start(script !== undefined ? { script } : {})
+  cleanup.push(async () => await t.close())
+  return t
+}
+
+async function replicator (region: string, namespace: string, targetUrl: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
+  const r = await Replicator.start({
+    region, target: targetUrl, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
+    retry: { baseDelayMs: 50, maxDelayMs: 500 }, ...extra
+  })
+  cleanup.push(async () => await r.close())
+  return r
+}
+
+async function get (port: number, path: string): Promise<{ status: number, body: any }> {
+  const res = await request(`http://127.0.0.1:${port}${path}`)
+  const text = await res.body.text()
+  return { status: res.statusCode, body: text.startsWith('{') ? JSON.parse(text) : text }
+}
+
+describe('bad configuration', () => {
+  const T = 'http://127.0.0.1:9'
+  const good = (): Record<string, string> => ({ '--region': 'eu', '--target': T, '--signing-key': SIGNING_KEY, '--nats': nats.url, '--metrics-port': '0' })
+  const argv = (flags: Record<string, string | undefined>, ...more: string[]): string[] =>
+    ['replicate', ...Object.entries(flags).flatMap(([k, v]) => v === undefined ? [] : [k, v]), ...more]
+
+  const cases: Array<[string, () => string[], string, Record<string, string>?]> = [
+    ['missing --region', () => argv({ ...good(), '--region': undefined }), '--region'],
+    ['bad --region', () => argv({ ...good(), '--region': 'EU West' }), '--region'],
+    ['missing --target', () => argv({ ...good(), '--target': undefined }), '--target'],
+    ['malformed --target', () => argv({ ...good(), '--target': 'not a url' }), '--target'],
+    ['--target that is not http(s)', () => argv({ ...good(), '--target': 'ftp://eu.api.internal' }), '--target'],
+    ['--target with credentials', () => argv({ ...good(), '--target': 'https://admin:hunter2@eu.api.internal' }), '--target'],
+    ['missing --signing-key', () => argv({ ...good(), '--signing-key': undefined }), '--signing-key'],
+    ['short --signing-key', () => argv({ ...good(), '--signing-key': 'short-secret' }), '--signing-key'],
+    ['bad --from', () => argv({ ...good(), '--from': 'yesterday' }), '--from'],
+    ['bad --namespace', () => argv({ ...good(), '--namespace': 'Bad.Namespace' }), '--namespace'],
+    ['unreachable --nats', () => argv({ ...good(), '--nats': 'nats://127.0.0.1:1' }), '--nats'],
+    ['--metrics-port out of range', () => argv({ ...good(), '--metrics-port': '70000' }), '--metrics-port'],
+    ['--metrics-port not a number', () => argv({ ...good(), '--metrics-port': 'http' }), '--metrics-port'],
+    ['unknown flag', () => argv(good(), '--bogus', 'x'), '--bogus'],
+    ['malformed REGIONSYNC_TARGET_URL', () => argv({ ...good(), '--target': undefined }), '--target', { REGIONSYNC_TARGET_URL: 'not a url' }]
+  ]
+
+  it.each(cases)('%s exits non-zero with one line on stderr naming the option', async (_name, args, option, env) => {
+    const res = await run(args(), childEnv(env))
+    expect(res.code).not.toBe(0)
+    const lines = res.stderr.split('\n').filter((l) => l !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain(option)
+    expect(res.stdout).not.toContain('replicator started')
+    // A secret given on the command line never comes back in the error.
+    expect(res.stderr).not.toContain('hunter2')
+    expect(res.stderr).not.toContain('short-secret')
+  })
+})
+
+describe('regionsync replicate', () => {
+  it('a metrics port already in use exits non-zero with one line naming --metrics-port', async () => {
+    const busy = await target()
+    const res = await run(['replicate', '--region', 'eu', '--target', busy.url, '--signing-key', SIGNING_KEY, '--nats', nats.url,
+      '--namespace', uniqueNamespace(), '--metrics-host', '127.0.0.1', '--metrics-port', String(busy.port)])
+    expect(res.code).not.toBe(0)
+    const lines = res.stderr.split('\n').filter((l) => l !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain('--metrics-port')
+  })
+
+  it('with good flags it serves /healthz and /readyz on the port it logs, applies events and exits 0 on SIGTERM', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--signing-key', SIGNING_KEY, '--target-token', 'eu-token',
+      '--nats', nats.url, '--namespace', ns, '--metrics-port', '0'])
+    const port = await cmd.metricsPort()
+
+    expect(await get(port, '/healthz')).toMatchObject({ status: 200 })
+    await waitFor('/readyz 200', async () => (await get(port, '/readyz')).status === 200)
+    const status = (await get(port, '/status')).body as { region: string, partitions: number }
+    expect(status.region).toBe('eu')
+
+    const event = newEvent()
+    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
+    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
+    expect(t.requests[0]!.headers.authorization).toBe('Bearer eu-token')
+
+    const stoppedAt = Date.now()
+    cmd.proc.kill('SIGTERM')
+    const res = await cmd.exited
+    expect(res.code).toBe(0)
+    expect(Date.now() - stoppedAt).toBeLessThan(5000)
+    expect(res.stderr).toBe('')
+    // The token is a credential: it never shows in the logs.
+    expect(res.stdout).not.toContain('eu-token')
+  })
+
+  it('reads every setting from its environment variable', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const cmd = start(['replicate'], childEnv({
+      REGIONSYNC_REGION: 'ap',
+      REGIONSYNC_TARGET_URL: t.url,
+      REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
+      REGIONSYNC_TARGET_TOKEN: 'ap-token',
+      REGIONSYNC_METRICS_PORT: '0',
+      REGIONSYNC_NAMESPACE: ns,
+      NATS_URL: nats.url
+    }))
+    const port = await cmd.metricsPort()
+    const status = (await get(port, '/status')).body as { region: string, target: string, partitions: number }
+    expect(status).toMatchObject({ region: 'ap', target: t.url })
+
+    const event = newEvent()
+    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
+    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
+    expect(t.requests[0]!.headers.authorization).toBe('Bearer ap-token')
+  })
+
+  it('flags win over environment variables', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--target-token', 'flag-token', '--namespace', ns, '--metrics-port', '0'], childEnv({
+      REGIONSYNC_REGION: 'ap',
+      REGIONSYNC_TARGET_URL: 'not a url',
+      REGIONSYNC_TARGET_TOKEN: 'env-token',
+      REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
+      REGIONSYNC_NAMESPACE: 'other',
+      REGIONSYNC_METRICS_PORT: '1',
+      NATS_URL: nats.url
+    }))
+    const port = await cmd.metricsPort()
+    const status = (await get(port, '/status')).body as { region: string, partitions: number }
+    expect(status.region).toBe('eu')
+
+    const event = newEvent()
+    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
+    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
+    expect(t.requests[0]!.headers.authorization).toBe('Bearer flag-token')
+  })
+})
+
+describe('regionsync status', () => {
+  it('prints one row per region with its pending events, as a table or as JSON', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const eu = await replicator('eu', ns, t.url)
+    const ap = await replicator('ap', ns, `http://127.0.0.1:${await freePort()}`)
+    await ap.close()
+    const nc = await connection()
+    const pub = new EventPublisher(nc, ns, eu.partitions, SIGNING_KEY)
+    for (let i = 0; i < 3; i++) await pub.publish(newEvent({ resource: `users/${i}`, committedAt: new Date(Date.now() - 5000) }))
+    const jsm = await jetstreamManager(nc)
+    await waitFor('eu to catch up', async () => t.requests.length === 3 && (await regionLag(jsm, names(ns), 'eu', eu.partitions)).pending === 0)
+
+    const table = await run(['status', '--nats', nats.url, '--namespace', ns])
+    expect(table.code).toBe(0)
+    const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/))
+    expect(rows[0]).toEqual(['REGION', 'PARTITIONS', 'PENDING', 'LAG'])
+    expect(rows).toHaveLength(3)
+    const ap3 = rows.find((r) => r[0] === 'ap')
+    const eu0 = rows.find((r) => r[0] === 'eu')
+    expect(ap3?.slice(0, 3)).toEqual(['ap', String(eu.partitions), '3'])
+    expect(Number.parseFloat(ap3![3]!)).toBeGreaterThanOrEqual(5)
+    expect(eu0).toEqual(['eu', String(eu.partitions), '0', '0.0s'])
+
+    const json = await run(['status', '--json'], childEnv({ NATS_URL: nats.url, REGIONSYNC_NAMESPACE: ns }))
+    expect(json.code).toBe(0)
+    const parsed = JSON.parse(json.stdout) as Array<{ region: string, pending: number, lagSeconds: number, oldestPendingAt: string | null }>
+    expect(parsed.map((r) => [r.region, r.pending])).toEqual([['ap', 3], ['eu', 0]])
+    expect(parsed[0]!.lagSeconds).toBeGreaterThanOrEqual(5)
+    expect(parsed[0]!.oldestPendingAt).not.toBeNull()
+    expect(parsed[1]!.oldestPendingAt).toBeNull()
+  })
+})
+
+describe('regionsync dlq list', () => {
+  it('prints the region\'s dead letters, or says there are none', async () => {
+    const ns = uniqueNamespace()
+    const none = await run(['dlq', 'list', '--region', 'eu', '--nats', nats.url, '--namespace', ns])
+    expect(none.code).toBe(0)
+    expect(none.stdout.trim()).toBe('no dead letters for region eu')
+
+    const t = await target(() => ({ status: 422, body: '{"error":"user.name must not be empty"}' }))
+    const r = await replicator('eu', ns, t.url)
+    const nc = await connection()
+    const event = newEvent({ method: 'PATCH', path: '/v3/users/7', resource: 'users/7', body: '{"user":{"name":""}}' })
+    await new EventPublisher(nc, ns, r.partitions, SIGNING_KEY).publish(event)
+    const jsm = await jetstreamManager(nc)
+    await waitFor('the dead letter', async () => (await listDeadLetters(jsm, names(ns), 'eu')).length === 1)
+
+    const list = await run(['dlq', 'list', '--region', 'eu', '--nats', nats.url, '--namespace', ns])
+    expect(list.code).toBe(0)
+    const lines = list.stdout.trim().split('\n')
+    expect(lines).toHaveLength(1)
+    for (const part of ['rejected 422', event.id, 'PATCH /v3/users/7', 'user.name must not be empty']) expect(lines[0]).toContain(part)
+
+    const json = await run(['dlq', 'list', '--region', 'eu', '--json', '--nats', nats.url, '--namespace', ns])
+    const letters = JSON.parse(json.stdout) as Array<Record<string, unknown>>
+    expect(letters).toHaveLength(1)
+    expect(letters[0]).toMatchObject({ region: 'eu', reason: 'rejected', status: 422, eventId: event.id })
+    expect(letters[0]).not.toHaveProperty('payload')
+
+    const other = await run(['dlq', 'list', '--region', 'ap', '--nats', nats.url, '--namespace', ns])
+    expect(other.stdout.trim()).toBe('no dead letters for region ap')
+  })
+})
