@@ -47,7 +47,8 @@ WORKDIR /app
 
 # Files stay owned by root (read-only for the app); only the data dir is writable.
 COPY --from=build /app /app
-RUN mkdir -p /app/.data && chown node:node /app/.data
+# The spool directory exists, owned by node, so a named volume mounted there starts writable.
+RUN mkdir -p /app/.data/spool && chown -R node:node /app/.data
 
 USER node
 

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
@@ -56,7 +59,9 @@ async function setup (routes: (app: FastifyInstance) => void, options: Partial<R
   const app = Fastify({ logger: false })
   cleanup.push(async () => await app.close())
   before?.(app)
-  await app.register(regionsync, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, ...options })
+  const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
+  cleanup.push(async () => await rm(spoolDir, { recursive: true, force: true }))
+  await app.register(regionsync, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
   routes(app)
   await app.ready()
   const stream = names(ns).eventStream
@@ -433,11 +438,35 @@ describe('publisher: limits and failures', () => {
     expect(closed).toBe(true)
   })
 
-  it('I1: with NATS down a write gets 503, not 2xx; after NATS is back writes succeed again', async () => {
+  it('I1: with NATS down and the spool on, a write gets its 2xx once spooled and reaches the stream, in order, when NATS is back', async () => {
     let applied = 0
     const s = await setup((app) => {
       app.post('/v3/things', async (_req, reply) => { applied++; return await reply.code(201).send({ id: `t${applied}` }) })
+      app.patch('/v3/things/:id', async (req, reply) => await reply.code(200).send({ id: (req.params as { id: string }).id }))
     }, { publishTimeoutMs: 500 })
+    const write = async (method = 'POST', url = '/v3/things') => await s.app.inject({ method: method as 'POST', url, headers: { 'content-type': 'application/json' }, payload: '{}' })
+    expect((await write()).statusCode).toBe(201)
+
+    await nats.kill()
+    let during: Array<{ statusCode: number }>
+    try {
+      during = [await write(), await write('PATCH', '/v3/things/t1'), await write('PATCH', '/v3/things/t2')]
+      expect(s.app.regionsync.spooled).toBe(3)
+    } finally {
+      await nats.restart()
+    }
+    expect(during.map((r) => r.statusCode)).toEqual([201, 200, 200])
+    await waitFor('the spool to drain', () => s.app.regionsync.spooled === 0, 15_000)
+    const events = (await s.published()).map((p) => `${p.event.method} ${p.event.resource}`)
+    expect(events).toEqual(['POST /v3/things/t1', 'POST /v3/things/t2', 'PATCH /v3/things/t1', 'PATCH /v3/things/t2'])
+    expect(await s.app.regionsync.registry.getSingleMetricAsString('regionsync_spool_events')).toContain('regionsync_spool_events{region="us"} 0')
+  })
+
+  it('I1: with NATS down and the spool off, a write gets 503, not 2xx; after NATS is back writes succeed again', async () => {
+    let applied = 0
+    const s = await setup((app) => {
+      app.post('/v3/things', async (_req, reply) => { applied++; return await reply.code(201).send({ id: `t${applied}` }) })
+    }, { publishTimeoutMs: 500, spool: false })
     const write = async () => await s.app.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json' }, payload: '{}' })
     expect((await write()).statusCode).toBe(201)
 
@@ -491,7 +520,7 @@ describe('publisher: replays and credentials', () => {
     expect(applied).toBe(1)
     expect(await s.published()).toHaveLength(0)
     const metrics = await s.app.regionsync.registry.metrics()
-    expect(metrics).toContain('regionsync_replays_received_total{region="us"} 1')
+    expect(metrics).toContain('regionsync_replays_received_total{region="us",outcome="applied"} 1')
     expect(metrics).not.toMatch(/regionsync_events_published_total\{region="us"\} [1-9]/)
   })
 

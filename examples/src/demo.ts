@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
@@ -43,7 +43,8 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
   try {
     io.out(`regionsync demo: NATS at ${nats.url}${nats.started ? ' (started for the demo)' : ''}, namespace ${namespace}`)
     const api = async (region: string, token?: string): Promise<string> => {
-      const app = await buildIdentityApi({ region, ...(token !== undefined ? { token } : {}), regionsync: { region, connection: nats.nc, signingKey, namespace } })
+      const spool = { dir: `${DATA_DIR}${namespace}/spool-${region}` }
+      const app = await buildIdentityApi({ region, ...(token !== undefined ? { token } : {}), regionsync: { region, connection: nats.nc, signingKey, namespace, spool } })
       apps.push(app)
       return await app.listen({ port: 0, host: '127.0.0.1' })
     }
@@ -105,6 +106,7 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
     for (const r of replicators) await r.close()
     for (const app of apps) await app.close()
     await removeNamespace(nats.nc, namespace).catch(() => {})
+    rmSync(`${DATA_DIR}${namespace}`, { recursive: true, force: true })
     await nats.nc.close()
     nats.stop()
   }
@@ -231,7 +233,7 @@ async function freePort (): Promise<number> {
 async function removeNamespace (nc: NatsConnection, namespace: string): Promise<void> {
   const jsm = await jetstreamManager(nc)
   const n = names(namespace)
-  for (const stream of [n.eventStream, n.dlqStream, `KV_${n.appliedBucket}`]) {
+  for (const stream of [n.eventStream, n.dlqStream, `KV_${n.appliedBucket}`, `KV_${n.replayBucket}`]) {
     await jsm.streams.delete(stream).catch(() => false)
   }
 }

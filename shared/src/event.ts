@@ -42,6 +42,8 @@ export interface RegionsyncEvent {
   resource: string
   /** Non-credential headers the operator chose to carry, lower-case names. */
   headers: Record<string, string>
+  /** Headers opted in with `forwardHeaders`, encrypted (see sealed-headers.ts); null when none. */
+  sealedHeaders: string | null
   created: CreatedResource | null
 }
 
@@ -54,6 +56,7 @@ export interface NewEventInput {
   body?: Buffer | null
   resource: string
   headers?: Record<string, string>
+  sealedHeaders?: string | null
   created?: CreatedResource | null
   committedAt?: Date
   id?: string
@@ -77,6 +80,7 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
     bodyEncoding: utf8 ? 'utf8' : 'base64',
     resource: input.resource,
     headers: input.headers ?? {},
+    sealedHeaders: input.sealedHeaders ?? null,
     created: input.created ?? null
   }
 }
@@ -128,6 +132,9 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
       !Object.values(e.headers).every((v) => typeof v === 'string')) {
     throw new MalformedEventError('headers must be an object of strings')
   }
+  // Optional: events written before forwarded headers existed have no such field.
+  e.sealedHeaders ??= null
+  strOrNull(e, 'sealedHeaders')
   if (e.created !== null) {
     const c = e.created as Record<string, unknown> | undefined
     if (c === undefined || typeof c !== 'object' || typeof c.id !== 'string' || typeof c.field !== 'string' ||

@@ -24,6 +24,7 @@ export {
 } from './stream-setup.js'
 export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings } from './stream-setup.js'
 export { regionLag, listRegions } from './lag.js'
+export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.js'
 export type { RegionLag } from './lag.js'
 export { createLogger, DEFAULT_LOG_LEVEL } from './logger.js'
 export type { Logger } from './logger.js'

@@ -42,6 +42,8 @@ export interface Names {
   consumer: (region: string, partition: number) => string
   /** KV bucket of applied event ids (idempotency records). */
   appliedBucket: string
+  /** KV bucket of replays a target's plugin answered, to answer a duplicate the same way. */
+  replayBucket: string
   /** NATS subject every replicator answers status requests on. */
   statusSubject: string
 }
@@ -60,6 +62,7 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     dlqSubjects: `${ns}.dlq.>`,
     consumer: (region, partition) => `${ns}_${region}_p${partition}`,
     appliedBucket: `${ns}_applied`,
+    replayBucket: `${ns}_replays`,
     statusSubject: `${ns}.status`
   }
 }

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
 import { connectNats, createLogger, type Logger } from '@regionsync/shared'
@@ -24,13 +27,15 @@ export interface RunningApi {
 }
 
 export async function startIdentityApi (opts: { region: string, namespace: string, nc?: NatsConnection, token?: string, plugin?: boolean }): Promise<RunningApi> {
+  const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
   const app = await buildIdentityApi({
     region: opts.region,
     ...(opts.token !== undefined ? { token: opts.token } : {}),
     regionsync: opts.plugin === false || opts.nc === undefined
       ? false
-      : { region: opts.region, connection: opts.nc, signingKey: SIGNING_KEY, namespace: opts.namespace }
+      : { region: opts.region, connection: opts.nc, signingKey: SIGNING_KEY, namespace: opts.namespace, spool: { dir: spoolDir } }
   })
+  app.addHook('onClose', async () => await rm(spoolDir, { recursive: true, force: true }))
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, url }
 }

@@ -1,6 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
+import { join } from 'node:path'
 import {
-  DEV_SIGNING_KEY, IDENTITY_MODES, InvalidOptionError, MUTATION_METHODS, parseSigningKey, validateNamespace, validateRegion,
+  DEV_SIGNING_KEY, IDENTITY_MODES, InvalidOptionError, MUTATION_METHODS, parseEncryptionKey, parseSigningKey, validateNamespace, validateRegion,
   DEFAULT_NAMESPACE, DEFAULT_REPLAY_TOLERANCE_MS,
   type IdentityMode, type MutationMethod, type NatsConnectOptions, type StreamSettings
 } from '@regionsync/shared'
@@ -29,7 +30,9 @@ export interface RegionsyncRouteConfig {
   identity?: IdentityMode
 }
 
-export const DEFAULT_PUBLISH_TIMEOUT_MS = 5000
+export const DEFAULT_PUBLISH_TIMEOUT_MS = 2000
+export const DEFAULT_SPOOL_MAX_EVENTS = 100_000
+export const DEFAULT_MAX_IN_FLIGHT = 1024
 export const DEFAULT_CREATED_ID = 'id'
 export const DEFAULT_IDENTITY: IdentityMode = 'inject'
 /** Headers that hold end-user credentials; never carried in clear (I5). */
@@ -58,7 +61,7 @@ export interface RegionsyncPluginOptions {
   headers?: string[]
   /** Largest request body, in bytes. @default what the NATS server accepts, less the envelope */
   maxBodyBytes?: number
-  /** How long to wait for JetStream's acknowledgement. @default 5000 */
+  /** How long to wait for JetStream's acknowledgement before spooling the event. @default 2000 */
   publishTimeoutMs?: number
   /** Default for routes' `createdId`. @default 'id' */
   createdId?: string | false
@@ -70,6 +73,22 @@ export interface RegionsyncPluginOptions {
   registry?: Registry
   /** Serve the registry's metrics at this path; `false` for no route. @default false */
   metricsRoute?: string | false
+  /**
+   * The outage spool: where events wait, durable, while JetStream is unreachable. One directory per
+   * API process. `false` turns it off: then a write whose event JetStream does not take gets 503.
+   * @default { dir: '<cwd>/.regionsync/spool-<region>', maxEvents: 100000 }
+   */
+  spool?: { dir?: string, maxEvents?: number } | false
+  /** With the spool full: refuse writes with 503 before their handler, or let them through unreplicated (logged, counted). @default 'reject' */
+  whenSpoolFull?: 'reject' | 'allow-unreplicated'
+  /** Writes being handled or published at once; more get 503 before their handler. @default 1024 */
+  maxInFlight?: number
+  /** Request headers, credentials included, to carry encrypted and replay as sent (for APIs whose writes are scoped to the caller). @default [] */
+  forwardHeaders?: string[]
+  /** AES-256-GCM key for `forwardHeaders`: 64 hex characters or base64 of 32 bytes. Required with them. */
+  encryptionKey?: string
+  /** Answer a duplicate replay from the record of the first, without running the handler. @default true */
+  replayGuard?: boolean
 }
 
 export interface ParsedOptions {
@@ -89,6 +108,12 @@ export interface ParsedOptions {
   replayToleranceMs: number
   registry: Registry | undefined
   metricsRoute: string | false
+  spool: { dir: string, maxEvents: number } | false
+  whenSpoolFull: 'reject' | 'allow-unreplicated'
+  maxInFlight: number
+  forwardHeaders: readonly string[]
+  encryptionKey: Buffer | undefined
+  replayGuard: boolean
 }
 
 const DOTTED_PATH_RE = /^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$/
@@ -131,6 +156,20 @@ export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
   if (opts.connection !== undefined && (opts.connection === null || typeof opts.connection.isClosed !== 'function')) {
     throw new InvalidOptionError('connection', 'expects a NatsConnection from @nats-io/transport-node')
   }
+  const forwardHeaders = (opts.forwardHeaders ?? []).map((h) => typeof h === 'string' ? h.toLowerCase() : h)
+  if (!forwardHeaders.every((h) => typeof h === 'string' && /^[a-z0-9-]+$/.test(h))) {
+    throw new InvalidOptionError('forwardHeaders', 'expects a list of header names')
+  }
+  if (forwardHeaders.length > 0 && opts.encryptionKey === undefined) {
+    throw new InvalidOptionError('encryptionKey', 'is required with forwardHeaders: forwarded headers travel encrypted')
+  }
+  const encryptionKey = opts.encryptionKey === undefined ? undefined : parseEncryptionKey(opts.encryptionKey)
+  const whenSpoolFull = opts.whenSpoolFull ?? 'reject'
+  if (whenSpoolFull !== 'reject' && whenSpoolFull !== 'allow-unreplicated') {
+    throw new InvalidOptionError('whenSpoolFull', 'expects "reject" or "allow-unreplicated"')
+  }
+  const maxInFlight = opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT
+  if (!Number.isInteger(maxInFlight) || maxInFlight < 1) throw new InvalidOptionError('maxInFlight', 'expects a whole number, at least 1')
   return {
     region,
     nats: opts.nats ?? {},
@@ -147,8 +186,24 @@ export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
     identity: parseIdentity(opts.identity ?? DEFAULT_IDENTITY, 'identity'),
     replayToleranceMs,
     registry: opts.registry,
-    metricsRoute
+    metricsRoute,
+    spool: parseSpool(opts.spool, region),
+    whenSpoolFull,
+    maxInFlight,
+    forwardHeaders,
+    encryptionKey,
+    replayGuard: opts.replayGuard ?? true
   }
+}
+
+function parseSpool (v: RegionsyncPluginOptions['spool'], region: string): ParsedOptions['spool'] {
+  if (v === false) return false
+  if (v !== undefined && (v === null || typeof v !== 'object')) throw new InvalidOptionError('spool', 'expects { dir, maxEvents } or false')
+  const dir = v?.dir ?? join(process.cwd(), '.regionsync', `spool-${region}`)
+  if (typeof dir !== 'string' || dir === '') throw new InvalidOptionError('spool.dir', 'expects a directory path')
+  const maxEvents = v?.maxEvents ?? DEFAULT_SPOOL_MAX_EVENTS
+  if (!Number.isInteger(maxEvents) || maxEvents < 1) throw new InvalidOptionError('spool.maxEvents', 'expects a whole number, at least 1')
+  return { dir, maxEvents }
 }
 
 export function parseCreatedId (v: unknown, option: string): string | false {

@@ -1,22 +1,23 @@
-import { jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream'
-import { headers as natsHeaders } from '@nats-io/transport-node'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import {
-  EVENT_SIGNATURE_HEADER, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
+  DEFAULT_MAX_AGE_MS, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
   connectNats, createEvent, createSigner, encodeEvent, ensureEventStream, names, parseStreamSettings, partitionOf,
-  serverMaxPayload, type MutationMethod, type Names, type Signer
+  sealHeaders, serverMaxPayload, type MutationMethod, type Names, type Signer
 } from '@regionsync/shared'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { findCreatedId } from './created-id.js'
-import { PublishError } from './errors.js'
+import { EventPublisher, type Admission } from './event-publisher.js'
 import { createPublisherMetrics, type PublisherMetrics } from './metrics.js'
 import {
   DEFAULT_CREATED_ID, EVENT_ENVELOPE_RESERVE_BYTES, parseOptions, parseRouteConfig,
   type ParsedOptions, type ParsedRouteConfig, type RegionsyncPluginOptions, type RegionsyncRouteConfig
 } from './options.js'
 import { captureBody, replayStream } from './raw-body.js'
+import { MAX_RECORDED_BODY_BYTES, ReplayGuard } from './replay-guard.js'
 import { keyDepthOf, resourceKey } from './resource-key.js'
+import { Spool } from './spool.js'
 
 /** What the plugin exposes on the Fastify instance as `app.regionsync`. */
 export interface RegionsyncDecorator {
@@ -25,6 +26,8 @@ export interface RegionsyncDecorator {
   registry: Registry
   partitions: number
   maxBodyBytes: number
+  /** Events in the outage spool, not yet in JetStream. */
+  readonly spooled: number
 }
 
 declare module 'fastify' {
@@ -36,13 +39,16 @@ declare module 'fastify' {
   }
 }
 
-/** What one covered request carries from preParsing to onSend. */
+/** What one covered request carries from hook to hook. */
 interface Capture {
   route: CoveredRoute
   /** Body bytes as the client sent them; null when the request had no body. */
   body: Buffer | null
   /** The reply object before serialization, when the handler sent one. */
   response: unknown
+  /** Set for a genuine replay from a replicator: its event id. */
+  replayOf: string | null
+  admission: Admission | null
 }
 
 interface CoveredRoute extends ParsedRouteConfig {
@@ -52,6 +58,12 @@ interface CoveredRoute extends ParsedRouteConfig {
 
 const kCapture = Symbol('regionsync.capture')
 type CapturingRequest = FastifyRequest & { [kCapture]: Capture | null }
+const captureOf = (request: FastifyRequest): Capture | null => (request as CapturingRequest)[kCapture]
+
+const REFUSALS = {
+  'spool-full': 'regionsync cannot take this write: the outage spool is full while JetStream is unreachable; nothing was changed',
+  'too-many-in-flight': 'regionsync cannot take this write now: too many writes are in flight; nothing was changed'
+} as const
 
 const hasBody = (req: FastifyRequest): boolean =>
   req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
@@ -64,23 +76,36 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   const nc = o.connection ?? await connectNats({ name: `regionsync-publisher-${o.region}`, ...o.nats })
   const n = names(o.namespace)
   let partitions: number
+  let guard: ReplayGuard | null = null
+  let spool: Spool | null = null
+  const settings = parseStreamSettings(o.stream)
   try {
     const jsm = await jetstreamManager(nc)
-    partitions = (await ensureEventStream(nc, jsm, n, parseStreamSettings(o.stream))).partitions
+    partitions = (await ensureEventStream(nc, jsm, n, settings)).partitions
+    if (o.replayGuard) guard = await ReplayGuard.open(nc, n, o.region, (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, settings.replicas)
+    const serverLimit = Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
+    if (o.maxBodyBytes !== undefined && o.maxBodyBytes > serverLimit) {
+      throw new InvalidOptionError('maxBodyBytes', `expects at most ${serverLimit} bytes, the largest body an event can carry on this NATS server (max_payload ${serverMaxPayload(nc)})`)
+    }
+    if (o.spool !== false) spool = Spool.open(o.spool.dir, o.spool.maxEvents)
   } catch (err) {
     if (o.connection === undefined) await nc.close()
     throw err
   }
-  const serverLimit = Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
-  if (o.maxBodyBytes !== undefined && o.maxBodyBytes > serverLimit) {
-    if (o.connection === undefined) await nc.close()
-    throw new InvalidOptionError('maxBodyBytes', `expects at most ${serverLimit} bytes, the largest body an event can carry on this NATS server (max_payload ${serverMaxPayload(nc)})`)
-  }
-  const maxBodyBytes = o.maxBodyBytes ?? serverLimit
+  const maxBodyBytes = o.maxBodyBytes ?? Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
   const metrics = createPublisherMetrics(o.registry)
-  const publisher = new EventPublisher(o, n, jetstream(nc), signer, metrics, partitions)
+  const publisher = new EventPublisher(
+    { region: o.region, publishTimeoutMs: o.publishTimeoutMs, maxInFlight: o.maxInFlight, whenSpoolFull: o.whenSpoolFull },
+    nc, jetstream(nc), spool, metrics, app.log)
+  const events = new EventBuilder(o, n, signer, partitions)
 
-  app.decorate('regionsync', { region: o.region, registry: metrics.registry, partitions, maxBodyBytes })
+  app.decorate('regionsync', {
+    region: o.region,
+    registry: metrics.registry,
+    partitions,
+    maxBodyBytes,
+    get spooled () { return publisher.spooled }
+  })
   app.decorateRequest(kCapture as unknown as string, null)
 
   app.addHook('onRoute', (route: RouteOptions) => {
@@ -88,42 +113,70 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     if (!methods.some((m) => o.methods.has(m.toUpperCase()))) return
     const config = parseRouteConfig((route.config as { regionsync?: unknown } | undefined)?.regionsync, route.url, o)
     if (config === null) return
-    const covered: CoveredRoute = {
-      ...config,
-      keyDepth: keyDepthOf(route.url),
-      defaultCreatedId: config.createdId === DEFAULT_CREATED_ID
-    }
+    const covered: CoveredRoute = { ...config, keyDepth: keyDepthOf(route.url), defaultCreatedId: config.createdId === DEFAULT_CREATED_ID }
+
     route.preParsing = [...toArray(route.preParsing), async (request: FastifyRequest, reply: FastifyReply, payload: NodeJS.ReadableStream) => {
       if (!o.methods.has(request.method)) return payload
-      const capture: Capture = { route: covered, body: null, response: undefined }
+      const capture: Capture = { route: covered, body: null, response: undefined, replayOf: null, admission: null }
       ;(request as CapturingRequest)[kCapture] = capture
       if (!hasBody(request)) return payload
       try {
         capture.body = await captureBody(payload, request.headers['content-length'], maxBodyBytes)
       } catch (err) {
-        // As Fastify does for its own body limit: the client may still be sending the rest of the
-        // body, so the connection cannot be reused; left open it also holds app.close() up.
+        // The client may still be sending; as Fastify does for its own body limit, do not keep the socket.
         reply.header('connection', 'close')
         throw err
       }
       return replayStream(capture.body)
     }] as RouteOptions['preParsing']
+
+    // Last before the handler: decide whether the write may run at all.
+    route.preHandler = [...toArray(route.preHandler), async (request: FastifyRequest, reply: FastifyReply) => {
+      const capture = captureOf(request)
+      if (capture === null) return
+      capture.replayOf = genuineReplay(request, capture, signer)
+      if (capture.replayOf !== null) {
+        const answer = guard === null ? null : await guard.lookup(capture.replayOf)
+        if (answer !== null) {
+          metrics.replaysReceived.inc({ region: o.region, outcome: 'duplicate' })
+          capture.replayOf = null
+          if (answer.contentType !== null) reply.header('content-type', answer.contentType)
+          return await reply.code(answer.status).send(Buffer.from(answer.body, 'base64'))
+        }
+        return
+      }
+      const admission = publisher.admit()
+      if (typeof admission === 'string') {
+        return await reply.code(503).header('retry-after', '5').send({ statusCode: 503, code: 'REGIONSYNC_E_UNAVAILABLE', error: 'Service Unavailable', message: REFUSALS[admission] })
+      }
+      capture.admission = admission
+      reply.raw.once('close', admission.release)
+    }] as RouteOptions['preHandler']
+
     route.preSerialization = [...toArray(route.preSerialization), async (request: FastifyRequest, _reply: FastifyReply, payload: unknown) => {
-      const capture = (request as CapturingRequest)[kCapture]
+      const capture = captureOf(request)
       if (capture !== null) capture.response = payload
       return payload
     }] as RouteOptions['preSerialization']
+
     route.onSend = [...toArray(route.onSend), async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
-      const capture = (request as CapturingRequest)[kCapture]
+      const capture = captureOf(request)
       if (capture === null || reply.statusCode < 200 || reply.statusCode > 299) return payload
-      if (isGenuineReplay(request, capture, signer)) {
-        metrics.replaysSkipped.inc({ region: o.region })
+      if (capture.replayOf !== null) {
+        metrics.replaysReceived.inc({ region: o.region, outcome: 'applied' })
+        await recordReplay(capture.replayOf, reply, payload)
+        return payload
+      }
+      if (capture.admission === null) return payload
+      if (capture.admission.unreplicated) {
+        metrics.unreplicated.inc({ region: o.region })
+        request.log.error({ method: request.method, url: request.url }, 'regionsync spool full: write let through UNREPLICATED')
         return payload
       }
       try {
-        await publisher.publish(request, reply, capture, payload)
+        await publisher.submit(events.build(request, reply, capture, payload))
       } catch (err) {
-        request.log.error({ err, method: request.method, url: request.url }, 'regionsync could not publish a committed write')
+        request.log.error({ err, method: request.method, url: request.url }, 'regionsync could not publish or spool a committed write')
         reply.code(503).header('content-type', 'application/json; charset=utf-8').header('retry-after', '1')
         return JSON.stringify({
           statusCode: 503,
@@ -136,14 +189,31 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     }] as RouteOptions['onSend']
   })
 
+  async function recordReplay (eventId: string, reply: FastifyReply, payload: unknown): Promise<void> {
+    if (guard === null) return
+    const body = typeof payload === 'string' ? Buffer.from(payload) : Buffer.isBuffer(payload) ? payload : Buffer.alloc(0)
+    const type = reply.getHeader('content-type')
+    try {
+      await guard.record(eventId, {
+        status: reply.statusCode,
+        contentType: typeof type === 'string' ? type : null,
+        body: body.length > MAX_RECORDED_BODY_BYTES ? '' : body.toString('base64')
+      })
+    } catch (err) {
+      // The replicator's own applied-record still stops most duplicates; say that this one could not.
+      app.log.warn({ err, eventId }, 'regionsync could not record an applied replay')
+    }
+  }
+
   if (o.metricsRoute !== false) {
-    app.get(o.metricsRoute, async (_req, reply) => {
+    app.get(o.metricsRoute, { config: { regionsync: false } }, async (_req, reply) => {
       reply.header('content-type', metrics.registry.contentType)
       return await metrics.registry.metrics()
     })
   }
 
   app.addHook('onClose', async () => {
+    await publisher.close()
     if (o.connection === undefined && !nc.isClosed()) await nc.drain()
   })
 }
@@ -152,27 +222,25 @@ function toArray<T> (v: T | T[] | undefined): T[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v]
 }
 
-/** A replay carries a signature only a replicator with the signing key can make (I6). */
-function isGenuineReplay (request: FastifyRequest, capture: Capture, signer: Signer): boolean {
+/** A replay carries a signature only a replicator with the signing key can make (I6); its event id when genuine. */
+function genuineReplay (request: FastifyRequest, capture: Capture, signer: Signer): string | null {
   const sig = request.headers[REPLAY_SIGNATURE_HEADER]
   const id = request.headers[IDEMPOTENCY_KEY_HEADER]
   const origin = request.headers[REPLAY_ORIGIN_HEADER]
-  if (typeof sig !== 'string' || typeof id !== 'string' || typeof origin !== 'string') return false
-  return signer.verifyReplay({ eventId: id, origin, method: request.method, body: capture.body }, sig)
+  if (typeof sig !== 'string' || typeof id !== 'string' || typeof origin !== 'string') return null
+  return signer.verifyReplay({ eventId: id, origin, method: request.method, body: capture.body }, sig) ? id : null
 }
 
-/** Builds, signs and publishes the event of one committed write, awaiting JetStream's ack (I1). */
-class EventPublisher {
+/** Builds and signs the event of one committed write. */
+class EventBuilder {
   constructor (
     private readonly o: ParsedOptions,
     private readonly n: Names,
-    private readonly js: JetStreamClient,
     private readonly signer: Signer,
-    private readonly metrics: PublisherMetrics,
     private readonly partitions: number
   ) {}
 
-  async publish (request: FastifyRequest, reply: FastifyReply, capture: Capture, payload: unknown): Promise<void> {
+  build (request: FastifyRequest, reply: FastifyReply, capture: Capture, payload: unknown): { subject: string, data: Uint8Array, signature: string, msgId: string } {
     const url = request.raw.url ?? request.url
     const q = url.indexOf('?')
     const path = q === -1 ? url : url.slice(0, q)
@@ -186,25 +254,15 @@ class EventPublisher {
       contentType: request.headers['content-type'] ?? null,
       body: capture.body,
       resource: key,
-      headers: this.carriedHeaders(request),
+      headers: this.pick(request, this.o.headers),
       created: created === null ? null : { ...created, mode: capture.route.identity }
     })
-    const data = encodeEvent(event)
-    const h = natsHeaders()
-    h.set(EVENT_SIGNATURE_HEADER, this.signer.signEvent(data))
-    const started = process.hrtime.bigint()
-    try {
-      await this.js.publish(this.n.eventSubject(partitionOf(key, this.partitions), this.o.region), data, {
-        msgID: event.id,
-        headers: h,
-        timeout: this.o.publishTimeoutMs
-      })
-    } catch (err) {
-      this.metrics.publishFailures.inc({ region: this.o.region })
-      throw new PublishError('JetStream did not acknowledge the event', { cause: err })
+    if (this.o.encryptionKey !== undefined) {
+      const forwarded = this.pick(request, this.o.forwardHeaders)
+      if (Object.keys(forwarded).length > 0) event.sealedHeaders = sealHeaders(this.o.encryptionKey, event.id, forwarded)
     }
-    this.metrics.ackSeconds.observe({ region: this.o.region }, Number(process.hrtime.bigint() - started) / 1e9)
-    this.metrics.published.inc({ region: this.o.region })
+    const data = encodeEvent(event)
+    return { subject: this.n.eventSubject(partitionOf(key, this.partitions), this.o.region), data, signature: this.signer.signEvent(data), msgId: event.id }
   }
 
   private createdOf (capture: Capture, reply: FastifyReply, payload: unknown): { id: string, field: string } | null {
@@ -223,9 +281,9 @@ class EventPublisher {
     return findCreatedId(response, field, capture.route.defaultCreatedId)
   }
 
-  private carriedHeaders (request: FastifyRequest): Record<string, string> {
+  private pick (request: FastifyRequest, names: readonly string[]): Record<string, string> {
     const out: Record<string, string> = {}
-    for (const name of this.o.headers) {
+    for (const name of names) {
       const v = request.headers[name]
       if (typeof v === 'string') out[name] = v
     }

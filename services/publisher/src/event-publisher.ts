@@ -1,0 +1,190 @@
+import type { JetStreamClient } from '@nats-io/jetstream'
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
+import { EVENT_SIGNATURE_HEADER } from '@regionsync/shared'
+import type { FastifyBaseLogger } from 'fastify'
+import { PublishError } from './errors.js'
+import type { PublisherMetrics } from './metrics.js'
+import type { Spool, SpooledEvent } from './spool.js'
+
+export const DRAIN_RETRY_MS = 1000
+
+export interface EventPublisherSettings {
+  region: string
+  publishTimeoutMs: number
+  maxInFlight: number
+  /** When the spool is full: refuse writes (503) or let them through unreplicated. */
+  whenSpoolFull: 'reject' | 'allow-unreplicated'
+}
+
+/** Why a write may not start. */
+export type Refusal = 'spool-full' | 'too-many-in-flight'
+
+/** A write's claim on the publisher, taken before its handler runs and released once. */
+export interface Admission {
+  /** The write will not be replicated (spool full, operator chose to let it through). */
+  unreplicated: boolean
+  release: () => void
+}
+
+/**
+ * Gets every event into JetStream, in order, without losing one (I1). While JetStream answers and
+ * nothing is spooled, an event is published and its ack awaited before the 2xx. When JetStream is
+ * unreachable or slow, or anything is already spooled (so a newer event never overtakes an older
+ * one), the event goes to the spool, durable on disk before the 2xx, and a drain loop publishes the
+ * spool oldest first, with the same Nats-Msg-Id, as soon as NATS is back.
+ */
+export class EventPublisher {
+  readonly #s: EventPublisherSettings
+  readonly #nc: NatsConnection
+  readonly #js: JetStreamClient
+  readonly #spool: Spool | null
+  readonly #metrics: PublisherMetrics
+  readonly #log: FastifyBaseLogger
+  #connected = true
+  #inFlight = 0
+  #draining: Promise<void> | null = null
+  #drainTimer: NodeJS.Timeout | null = null
+  #closed = false
+
+  constructor (s: EventPublisherSettings, nc: NatsConnection, js: JetStreamClient, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
+    this.#s = s
+    this.#nc = nc
+    this.#js = js
+    this.#spool = spool
+    this.#metrics = metrics
+    this.#log = log
+    metrics.spoolEvents.set({ region: s.region }, spool?.size ?? 0)
+    this.#watchConnection().catch((err) => log.warn({ err }, 'regionsync NATS status watch ended'))
+    if (spool !== null && !spool.isEmpty) {
+      log.info({ spooled: spool.size }, 'regionsync draining a spool left by an earlier process')
+      this.kick()
+    }
+  }
+
+  get spooled (): number {
+    return this.#spool?.size ?? 0
+  }
+
+  async #watchConnection (): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === 'disconnect') {
+        this.#connected = false
+        this.#log.warn({ server: s.server }, 'regionsync lost NATS; spooling writes')
+      } else if (s.type === 'reconnect') {
+        this.#connected = true
+        this.#log.info({ server: s.server, spooled: this.spooled }, 'regionsync reconnected to NATS')
+        this.kick()
+      }
+    }
+  }
+
+  /**
+   * Admits a write before its handler runs, or says why not: so the source never commits a write
+   * it has no way to replicate.
+   */
+  admit (): Admission | Refusal {
+    if (this.#inFlight >= this.#s.maxInFlight) {
+      this.#metrics.refused.inc({ region: this.#s.region, reason: 'too-many-in-flight' })
+      return 'too-many-in-flight'
+    }
+    let reserved = false
+    let unreplicated = false
+    if (this.#spool !== null) {
+      reserved = this.#spool.reserve()
+      if (!reserved) {
+        if (this.#s.whenSpoolFull === 'reject') {
+          this.#metrics.refused.inc({ region: this.#s.region, reason: 'spool-full' })
+          this.#log.error({ spooled: this.#spool.size, maxEvents: this.#spool.maxEvents }, 'regionsync spool is full; refusing writes')
+          return 'spool-full'
+        }
+        unreplicated = true
+      }
+    }
+    this.#inFlight++
+    let released = false
+    return {
+      unreplicated,
+      release: () => {
+        if (released) return
+        released = true
+        this.#inFlight--
+        if (reserved) this.#spool?.release()
+      }
+    }
+  }
+
+  /** Resolves once the event is acknowledged by JetStream or durable in the spool. */
+  async submit (event: SpooledEvent): Promise<'published' | 'spooled'> {
+    if (this.#closed) throw new PublishError('regionsync is closing')
+    if (this.#spool === null || (this.#spool.isEmpty && this.#draining === null && this.#connected)) {
+      try {
+        await this.#publish(event)
+        return 'published'
+      } catch (err) {
+        this.#metrics.publishFailures.inc({ region: this.#s.region })
+        if (this.#spool === null) throw err
+        this.#log.warn({ err, msgId: event.msgId }, 'regionsync publish failed; spooling')
+      }
+    }
+    await this.#spool.append(event)
+    this.#metrics.spooled.inc({ region: this.#s.region })
+    this.#metrics.spoolEvents.set({ region: this.#s.region }, this.#spool.size)
+    this.kick()
+    return 'spooled'
+  }
+
+  async #publish (event: SpooledEvent): Promise<void> {
+    const h = natsHeaders()
+    h.set(EVENT_SIGNATURE_HEADER, event.signature)
+    const started = process.hrtime.bigint()
+    try {
+      await this.#js.publish(event.subject, event.data, { msgID: event.msgId, headers: h, timeout: this.#s.publishTimeoutMs })
+    } catch (err) {
+      throw new PublishError('JetStream did not acknowledge the event', { cause: err })
+    }
+    this.#metrics.ackSeconds.observe({ region: this.#s.region }, Number(process.hrtime.bigint() - started) / 1e9)
+    this.#metrics.published.inc({ region: this.#s.region })
+  }
+
+  /** Starts the drain loop if there is anything to drain and it is not running. */
+  kick (): void {
+    if (this.#spool === null || this.#closed || this.#draining !== null || this.#spool.isEmpty) return
+    this.#draining = this.#drain().finally(() => {
+      this.#draining = null
+      if (this.#spool !== null && !this.#spool.isEmpty && !this.#closed && this.#drainTimer === null) {
+        this.#drainTimer = setTimeout(() => { this.#drainTimer = null; this.kick() }, DRAIN_RETRY_MS)
+        this.#drainTimer.unref()
+      }
+    })
+  }
+
+  /**
+   * Publishes the spool oldest first, one at a time: an event leaves the spool only after
+   * JetStream acknowledged it, and a failure stops the loop so nothing behind it goes ahead.
+   */
+  async #drain (): Promise<void> {
+    const spool = this.#spool as Spool
+    while (!this.#closed && !spool.isEmpty) {
+      for (const { key, event } of spool.oldest(256)) {
+        if (this.#closed) return
+        try {
+          await this.#publish(event)
+        } catch (err) {
+          this.#log.warn({ err, spooled: spool.size }, 'regionsync spool drain paused')
+          return
+        }
+        await spool.remove(key)
+        this.#metrics.spoolEvents.set({ region: this.#s.region }, spool.size)
+      }
+    }
+    if (spool.isEmpty) this.#log.info('regionsync spool drained')
+  }
+
+  /** Stops draining; what is left stays in the spool for the next start. */
+  async close (): Promise<void> {
+    this.#closed = true
+    if (this.#drainTimer !== null) clearTimeout(this.#drainTimer)
+    await this.#draining
+    await this.#spool?.close()
+  }
+}
