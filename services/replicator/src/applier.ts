@@ -1,8 +1,13 @@
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, type RegionsyncEvent, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, openHeaders, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { targetPath } from './target-path.js'
+
+/** An event's forwarded headers cannot be opened here. */
+export class UndecryptableError extends Error {
+  override readonly name = 'UndecryptableError'
+}
 
 export const USER_AGENT = 'regionsync-replicator/0.1'
 export const BODY_EXCERPT_BYTES = 512
@@ -16,6 +21,8 @@ export interface TargetSettings {
   timeoutMs: number
   /** Keep-alive connections to the target. @default 32 */
   connections: number
+  /** Opens headers the publisher forwarded sealed; without it such events cannot be replayed. */
+  encryptionKey?: Buffer | undefined
 }
 
 export interface Replay {
@@ -58,6 +65,11 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
   }
   if (event.contentType !== null) headers['content-type'] = event.contentType
   if (target.token !== undefined) headers.authorization = `Bearer ${target.token}`
+  if (event.sealedHeaders !== null) {
+    if (target.encryptionKey === undefined) throw new UndecryptableError('event carries forwarded headers and this replicator has no encryption key')
+    // The operator forwarded these because the target must see the caller's own: they win.
+    Object.assign(headers, openHeaders(target.encryptionKey, event.id, event.sealedHeaders))
+  }
   return { method, path: targetPath(basePath, path, event.query), headers, body }
 }
 

@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import {
   DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, eventStreamPartitions, isRegionsyncError,
-  listRegions, names, parseSigningKey, parseStartFrom, regionLag, validateNamespace, validateRegion, type RegionLag
+  listRegions, names, parseEncryptionKey, parseSigningKey, parseStartFrom, regionLag, validateNamespace, validateRegion, type RegionLag
 } from '@regionsync/shared'
 import { listDeadLetters } from './dead-letter.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
@@ -79,10 +79,11 @@ async function replicate (args: string[], io: Io): Promise<number> {
     'metrics-host': { type: 'string', env: 'REGIONSYNC_METRICS_HOST', fallback: DEFAULT_METRICS_HOST },
     'signing-key': { type: 'string', env: 'REGIONSYNC_SIGNING_KEY' },
     'target-token': { type: 'string', env: 'REGIONSYNC_TARGET_TOKEN' },
+    'encryption-key': { type: 'string', env: 'REGIONSYNC_ENCRYPTION_KEY' },
     from: { type: 'string', env: 'REGIONSYNC_FROM', fallback: 'first' },
     dev: { type: 'boolean', env: 'REGIONSYNC_DEV' }
   }, io.env)
-  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--from first|new|seq:N|time:ISO]'); return 0 }
+  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO]'); return 0 }
   const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu'), '--region')
   const target = parseTargetUrl(required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API'), '--target')
   const metricsPort = port(f['metrics-port'], '--metrics-port')
@@ -93,6 +94,8 @@ async function replicate (args: string[], io: Io): Promise<number> {
   }
   // Checked before connecting, so a bad value is reported by its flag whether or not NATS is up.
   parseSigningKey(signingKey, '--signing-key')
+  const encryptionKey = f['encryption-key'] as string | undefined
+  if (encryptionKey !== undefined) parseEncryptionKey(encryptionKey, '--encryption-key')
   const from = parseStartFrom(f.from as string, '--from')
   const namespace = validateNamespace(f.namespace, '--namespace')
   const metricsHost = f['metrics-host'] as string
@@ -106,6 +109,7 @@ async function replicate (args: string[], io: Io): Promise<number> {
       target,
       targetToken: f['target-token'] as string | undefined,
       signingKey,
+      ...(encryptionKey !== undefined ? { encryptionKey } : {}),
       connection: nc,
       ownsConnection: true,
       logger: log,

@@ -1,7 +1,7 @@
 import type { JetStreamClient, JetStreamManager, MsgRequest } from '@nats-io/jetstream'
 import { isNotFound, type Names } from '@regionsync/shared'
 
-export const DEAD_LETTER_REASONS = ['malformed', 'bad-signature', 'bad-path', 'rejected', 'too-many-attempts'] as const
+export const DEAD_LETTER_REASONS = ['malformed', 'bad-signature', 'bad-path', 'undecryptable', 'rejected', 'too-many-attempts'] as const
 export type DeadLetterReason = (typeof DEAD_LETTER_REASONS)[number]
 
 /** One event a region could not apply, with what an operator needs to act on it. */

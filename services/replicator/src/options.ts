@@ -1,6 +1,6 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseSigningKey, parseStartFrom, validateNamespace, validateRegion,
+  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion,
   type Logger, type StartFrom, type StreamSettings
 } from '@regionsync/shared'
 import type { Registry } from 'prom-client'
@@ -19,6 +19,8 @@ export interface ReplicatorOptions {
   targetToken?: string
   /** Secret that verifies events (and signs replays). */
   signingKey: string
+  /** Key that opens forwarded headers (the publishers' `encryptionKey`). */
+  encryptionKey?: string
   /** The NATS connection; the replicator drains it on close only when `ownsConnection`. */
   connection: NatsConnection
   ownsConnection?: boolean
@@ -50,6 +52,7 @@ export interface ParsedReplicatorOptions {
   target: URL
   targetToken: string | undefined
   signingKey: string
+  encryptionKey: Buffer | undefined
   connection: NatsConnection
   ownsConnection: boolean
   logger: Logger
@@ -96,6 +99,7 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
     target: parseTargetUrl(o.target),
     targetToken: o.targetToken === '' ? undefined : o.targetToken,
     signingKey: parseSigningKey(o.signingKey),
+    encryptionKey: o.encryptionKey === undefined || o.encryptionKey === '' ? undefined : parseEncryptionKey(o.encryptionKey),
     connection: o.connection,
     ownsConnection: o.ownsConnection ?? false,
     logger: o.logger,

@@ -3,7 +3,7 @@ import {
   EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer, isRegionsyncError,
   names, parseStreamSettings, regionLag, ErrorCode, type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
-import { buildReplay, TargetClient, type Replay } from './applier.js'
+import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
 import { publishDeadLetter, type DeadLetterReason } from './dead-letter.js'
 import { AppliedLog } from './idempotency.js'
 import { createReplicatorMetrics, type ReplicatorMetrics } from './metrics.js'
@@ -41,6 +41,7 @@ export class Replicator {
   readonly #n: Names
   readonly #signer: Signer
   readonly #client: TargetClient
+  readonly #target: TargetSettings
   readonly #startedAt = new Date()
   #js!: JetStreamClient
   #jsm!: JetStreamManager
@@ -63,12 +64,14 @@ export class Replicator {
     this.#n = names(o.namespace)
     this.#signer = createSigner(o.signingKey)
     this.metrics = createReplicatorMetrics(o.region, async () => await this.lag(), o.registry)
-    this.#client = new TargetClient({
+    this.#target = {
       url: o.target,
       token: o.targetToken,
       timeoutMs: o.requestTimeoutMs,
-      connections: o.connections ?? 16
-    })
+      connections: o.connections ?? 16,
+      encryptionKey: o.encryptionKey
+    }
+    this.#client = new TargetClient(this.#target)
   }
 
   /** Sets up the stream, the region's consumers and its applied-log, then starts consuming. */
@@ -173,9 +176,12 @@ export class Replicator {
     }
     let replay: Replay
     try {
-      replay = buildReplay(event, { url: this.#o.target, token: this.#o.targetToken, timeoutMs: this.#o.requestTimeoutMs, connections: 0 }, this.#signer)
+      replay = buildReplay(event, this.#target, this.#signer)
     } catch (err) {
       if (isRegionsyncError(err, ErrorCode.BadPath)) return await this.#deadLetter(m, event, 'bad-path', err.message)
+      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) {
+        return await this.#deadLetter(m, event, 'undecryptable', (err as Error).message)
+      }
       throw err
     }
     const attempt = m.info.deliveryCount
