@@ -247,22 +247,26 @@ describe('regionsync status', () => {
 
     const table = await run(['status', '--nats', nats.url, '--namespace', ns])
     expect(table.code).toBe(0)
-    const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/))
-    expect(rows[0]).toEqual(['REGION', 'PARTITIONS', 'PENDING', 'LAG'])
+    const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
+    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'LAST ERROR'])
     expect(rows).toHaveLength(3)
     const ap3 = rows.find((r) => r[0] === 'ap')
     const eu0 = rows.find((r) => r[0] === 'eu')
-    expect(ap3?.slice(0, 3)).toEqual(['ap', String(eu.partitions), '3'])
+    // ap has no live replicator: JetStream still tells its exact pending count and lag.
+    expect(ap3?.slice(0, 3)).toEqual(['ap', 'none', '3'])
     expect(Number.parseFloat(ap3![3]!)).toBeGreaterThanOrEqual(5)
-    expect(eu0).toEqual(['eu', String(eu.partitions), '0', '0.0s'])
+    expect(ap3?.slice(4, 7)).toEqual(['-', '0', '-'])
+    expect(eu0?.slice(0, 4)).toEqual(['eu', '1', '0', '0.0s'])
+    expect(eu0?.[6]).toBe('closed')
 
     const json = await run(['status', '--json'], childEnv({ NATS_URL: nats.url, REGIONSYNC_NAMESPACE: ns }))
     expect(json.code).toBe(0)
-    const parsed = JSON.parse(json.stdout) as Array<{ region: string, pending: number, lagSeconds: number, oldestPendingAt: string | null }>
-    expect(parsed.map((r) => [r.region, r.pending])).toEqual([['ap', 3], ['eu', 0]])
+    const parsed = JSON.parse(json.stdout) as Array<{ region: string, pending: number, lagSeconds: number, oldestPendingAt: string | null, instances: Array<{ applied: number }> }>
+    expect(parsed.map((r) => [r.region, r.pending, r.instances.length])).toEqual([['ap', 3, 0], ['eu', 0, 1]])
     expect(parsed[0]!.lagSeconds).toBeGreaterThanOrEqual(5)
     expect(parsed[0]!.oldestPendingAt).not.toBeNull()
     expect(parsed[1]!.oldestPendingAt).toBeNull()
+    expect(parsed[1]!.instances[0]!.applied).toBe(3)
   })
 })
 

@@ -44,6 +44,11 @@ export interface RegionsyncEvent {
   headers: Record<string, string>
   /** Headers opted in with `forwardHeaders`, encrypted (see sealed-headers.ts); null when none. */
   sealedHeaders: string | null
+  /**
+   * Positions (in `path.split('/')`) of identifiers the target may know under its own ids, set on
+   * routes whose identity mode is 'translate'; the replicator rewrites them (I8).
+   */
+  idSegments: number[]
   created: CreatedResource | null
 }
 
@@ -57,6 +62,7 @@ export interface NewEventInput {
   resource: string
   headers?: Record<string, string>
   sealedHeaders?: string | null
+  idSegments?: number[]
   created?: CreatedResource | null
   committedAt?: Date
   id?: string
@@ -81,6 +87,7 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
     resource: input.resource,
     headers: input.headers ?? {},
     sealedHeaders: input.sealedHeaders ?? null,
+    idSegments: input.idSegments ?? [],
     created: input.created ?? null
   }
 }
@@ -135,6 +142,10 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
   // Optional: events written before forwarded headers existed have no such field.
   e.sealedHeaders ??= null
   strOrNull(e, 'sealedHeaders')
+  e.idSegments ??= []
+  if (!Array.isArray(e.idSegments) || !e.idSegments.every((i) => Number.isInteger(i) && i > 0 && i < 64)) {
+    throw new MalformedEventError('idSegments must be a list of path segment positions')
+  }
   if (e.created !== null) {
     const c = e.created as Record<string, unknown> | undefined
     if (c === undefined || typeof c !== 'object' || typeof c.id !== 'string' || typeof c.field !== 'string' ||

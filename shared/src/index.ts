@@ -28,3 +28,4 @@ export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.j
 export type { RegionLag } from './lag.js'
 export { createLogger, DEFAULT_LOG_LEVEL } from './logger.js'
 export type { Logger } from './logger.js'
+export { findCreatedId } from './created-id.js'

@@ -44,8 +44,12 @@ export interface Names {
   appliedBucket: string
   /** KV bucket of replays a target's plugin answered, to answer a duplicate the same way. */
   replayBucket: string
+  /** KV bucket of source id -> target id per region, for targets that assign their own ids. */
+  idBucket: string
   /** NATS subject every replicator answers status requests on. */
   statusSubject: string
+  /** Subject on which one instance of a region replays a dead letter for `regionsync dlq replay`. */
+  dlqReplaySubject: (region: string) => string
 }
 
 export function names (namespace: string = DEFAULT_NAMESPACE): Names {
@@ -63,7 +67,9 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     consumer: (region, partition) => `${ns}_${region}_p${partition}`,
     appliedBucket: `${ns}_applied`,
     replayBucket: `${ns}_replays`,
-    statusSubject: `${ns}.status`
+    idBucket: `${ns}_ids`,
+    statusSubject: `${ns}.status`,
+    dlqReplaySubject: (region) => `${ns}.dlq-replay.${region}`
   }
 }
 

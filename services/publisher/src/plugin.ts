@@ -7,7 +7,7 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
-import { findCreatedId } from './created-id.js'
+import { findCreatedId } from '@regionsync/shared'
 import { EventPublisher, type Admission } from './event-publisher.js'
 import { createPublisherMetrics, type PublisherMetrics } from './metrics.js'
 import {
@@ -16,7 +16,7 @@ import {
 } from './options.js'
 import { captureBody, replayStream } from './raw-body.js'
 import { MAX_RECORDED_BODY_BYTES, ReplayGuard } from './replay-guard.js'
-import { keyDepthOf, resourceKey } from './resource-key.js'
+import { keyDepthOf, paramSegmentsOf, resourceKey } from './resource-key.js'
 import { Spool } from './spool.js'
 
 /** What the plugin exposes on the Fastify instance as `app.regionsync`. */
@@ -54,6 +54,8 @@ interface Capture {
 interface CoveredRoute extends ParsedRouteConfig {
   keyDepth: number | null
   defaultCreatedId: boolean
+  /** Where the route's identifiers sit in its path, when the target assigns its own (translate). */
+  idSegments: number[]
 }
 
 const kCapture = Symbol('regionsync.capture')
@@ -113,7 +115,12 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     if (!methods.some((m) => o.methods.has(m.toUpperCase()))) return
     const config = parseRouteConfig((route.config as { regionsync?: unknown } | undefined)?.regionsync, route.url, o)
     if (config === null) return
-    const covered: CoveredRoute = { ...config, keyDepth: keyDepthOf(route.url), defaultCreatedId: config.createdId === DEFAULT_CREATED_ID }
+    const covered: CoveredRoute = {
+      ...config,
+      keyDepth: keyDepthOf(route.url),
+      defaultCreatedId: config.createdId === DEFAULT_CREATED_ID,
+      idSegments: config.identity === 'translate' ? paramSegmentsOf(route.url) : []
+    }
 
     route.preParsing = [...toArray(route.preParsing), async (request: FastifyRequest, reply: FastifyReply, payload: NodeJS.ReadableStream) => {
       if (!o.methods.has(request.method)) return payload
@@ -255,6 +262,7 @@ class EventBuilder {
       body: capture.body,
       resource: key,
       headers: this.pick(request, this.o.headers),
+      idSegments: capture.route.idSegments,
       created: created === null ? null : { ...created, mode: capture.route.identity }
     })
     if (this.o.encryptionKey !== undefined) {

@@ -14,6 +14,12 @@ export function keyDepthOf (routeUrl: string): number | null {
   return i === -1 ? null : i + 1
 }
 
+/** Positions of a route's parameters in `path.split('/')`: where identifiers sit, for translation. */
+export function paramSegmentsOf (routeUrl: string): number[] {
+  if (routeUrl.includes('*')) return []
+  return routeUrl.split('/').flatMap((s, i) => s.startsWith(':') ? [i] : [])
+}
+
 export function resourceKey (
   request: FastifyRequest,
   path: string,

@@ -37,6 +37,8 @@ export interface ReplayResult {
   headers: Record<string, string | string[] | undefined>
   /** First bytes of the body of an unsuccessful answer, for the dead letter. */
   excerpt: string
+  /** The parsed JSON body of a successful answer, when it was asked for. */
+  json?: unknown
 }
 
 /**
@@ -114,8 +116,11 @@ export class TargetClient {
     })
   }
 
-  /** Sends one replay; `signal` aborts it (shutdown), the timeout bounds it. */
-  async send (replay: Replay, signal?: AbortSignal): Promise<ReplayResult> {
+  /**
+   * Sends one replay; `signal` aborts it (shutdown), the timeout bounds it. `readJson` keeps the
+   * JSON body of a 2xx (a create whose target-assigned id must be learnt).
+   */
+  async send (replay: Replay, signal?: AbortSignal, readJson = false): Promise<ReplayResult> {
     const res = await this.#pool.request({
       method: replay.method as 'POST',
       path: replay.path,
@@ -124,12 +129,14 @@ export class TargetClient {
       signal: signal === undefined ? AbortSignal.timeout(this.#timeoutMs) : AbortSignal.any([signal, AbortSignal.timeout(this.#timeoutMs)])
     })
     let excerpt = ''
+    let json: unknown
     if (res.statusCode >= 200 && res.statusCode < 300) {
-      await res.body.dump()
+      if (readJson) json = await res.body.json().catch(() => undefined)
+      else await res.body.dump()
     } else {
       excerpt = await readExcerpt(res.body)
     }
-    return { status: res.statusCode, headers: res.headers, excerpt }
+    return { status: res.statusCode, headers: res.headers, excerpt, json }
   }
 
   async close (): Promise<void> {

@@ -1,13 +1,15 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, eventStreamPartitions, isRegionsyncError,
-  listRegions, names, parseEncryptionKey, parseSigningKey, parseStartFrom, regionLag, validateNamespace, validateRegion, type RegionLag
+  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, isRegionsyncError,
+  names, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion, type Names
 } from '@regionsync/shared'
-import { listDeadLetters } from './dead-letter.js'
+import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
+import { listDeadLetters, type StoredDeadLetter } from './dead-letter.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
-import { parseTargetUrl } from './options.js'
-import { Replicator } from './replicator.js'
+import { DEFAULT_REQUEST_TIMEOUT_MS, parseTargetUrl } from './options.js'
+import { Replicator, type DlqReplayResult } from './replicator.js'
 
 /* The command's own human output goes to stdout/stderr directly; everything else logs through pino. */
 
@@ -15,8 +17,9 @@ const USAGE = `usage: regionsync <command> [options]
 
 commands:
   replicate   apply events to one target region (--region, --target, ...)
-  status      lag and pending events of every region
+  status      every region: live instances, pending, lag, applied/s, dead letters, breaker
   dlq list    dead letters of one region (--region)
+  dlq replay  send a region's dead letters back to it (--region [--id EVENT_ID])
   demo        a source API, two target regions and their replicators, live
 
 every flag also reads an environment variable; flags win. See README.md.`
@@ -64,6 +67,12 @@ function required (value: string | boolean | undefined, flag: string, env: strin
   return value
 }
 
+function count (value: string | boolean | undefined, flag: string, min: number, max: number): number {
+  const n = Number(value)
+  if (typeof value !== 'string' || !/^\d+$/.test(value) || n < min || n > max) throw new InvalidOptionError(flag, `expects a whole number from ${min} to ${max}`)
+  return n
+}
+
 function port (value: string | boolean | undefined, flag: string): number {
   const n = Number(value)
   if (typeof value !== 'string' || !/^\d+$/.test(value) || n > 65535) throw new InvalidOptionError(flag, 'expects a port number from 0 to 65535 (0 picks a free one)')
@@ -80,10 +89,14 @@ async function replicate (args: string[], io: Io): Promise<number> {
     'signing-key': { type: 'string', env: 'REGIONSYNC_SIGNING_KEY' },
     'target-token': { type: 'string', env: 'REGIONSYNC_TARGET_TOKEN' },
     'encryption-key': { type: 'string', env: 'REGIONSYNC_ENCRYPTION_KEY' },
+    concurrency: { type: 'string', env: 'REGIONSYNC_CONCURRENCY' },
+    'max-rps': { type: 'string', env: 'REGIONSYNC_MAX_RPS', fallback: '0' },
+    'timeout-ms': { type: 'string', env: 'REGIONSYNC_TIMEOUT_MS', fallback: String(DEFAULT_REQUEST_TIMEOUT_MS) },
+    connections: { type: 'string', env: 'REGIONSYNC_CONNECTIONS' },
     from: { type: 'string', env: 'REGIONSYNC_FROM', fallback: 'first' },
     dev: { type: 'boolean', env: 'REGIONSYNC_DEV' }
   }, io.env)
-  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO]'); return 0 }
+  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO] [--concurrency N] [--max-rps N] [--timeout-ms N] [--connections N]'); return 0 }
   const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu'), '--region')
   const target = parseTargetUrl(required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API'), '--target')
   const metricsPort = port(f['metrics-port'], '--metrics-port')
@@ -97,6 +110,10 @@ async function replicate (args: string[], io: Io): Promise<number> {
   const encryptionKey = f['encryption-key'] as string | undefined
   if (encryptionKey !== undefined) parseEncryptionKey(encryptionKey, '--encryption-key')
   const from = parseStartFrom(f.from as string, '--from')
+  const concurrency = f.concurrency === undefined ? undefined : count(f.concurrency, '--concurrency', 1, 1024)
+  const maxRps = count(f['max-rps'], '--max-rps', 0, 1_000_000)
+  const requestTimeoutMs = count(f['timeout-ms'], '--timeout-ms', 100, 600_000)
+  const connections = f.connections === undefined ? undefined : count(f.connections, '--connections', 1, 1024)
   const namespace = validateNamespace(f.namespace, '--namespace')
   const metricsHost = f['metrics-host'] as string
   const log = createLogger({ name: 'regionsync' })
@@ -110,6 +127,10 @@ async function replicate (args: string[], io: Io): Promise<number> {
       targetToken: f['target-token'] as string | undefined,
       signingKey,
       ...(encryptionKey !== undefined ? { encryptionKey } : {}),
+      ...(concurrency !== undefined ? { concurrency } : {}),
+      ...(connections !== undefined ? { connections } : {}),
+      maxRps,
+      requestTimeoutMs,
       connection: nc,
       ownsConnection: true,
       logger: log,
@@ -150,26 +171,29 @@ async function connectTo (servers: string): Promise<Awaited<ReturnType<typeof co
   }
 }
 
-export function formatLagTable (rows: RegionLag[]): string[] {
-  const header = ['REGION', 'PARTITIONS', 'PENDING', 'LAG']
-  const lines = rows.map((r) => [r.region, String(r.consumers), String(r.pending), `${r.lagSeconds.toFixed(1)}s`])
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)))
-  return [header, ...lines].map((cols) => cols.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd())
-}
-
 async function status (args: string[], io: Io): Promise<number> {
-  const f = flags(args, { ...COMMON, json: { type: 'boolean' } }, io.env)
+  const f = flags(args, { ...COMMON, json: { type: 'boolean' }, watch: { type: 'boolean' }, 'wait-ms': { type: 'string', fallback: String(DEFAULT_STATUS_WAIT_MS) } }, io.env)
+  const waitMs = Number(f['wait-ms'])
+  if (!Number.isInteger(waitMs) || waitMs < 10 || waitMs > 60_000) throw new InvalidOptionError('--wait-ms', 'expects milliseconds from 10 to 60000')
+  const n = names(validateNamespace(f.namespace, '--namespace'))
   const nc = await connectTo(f.nats as string)
   try {
-    const jsm = await jetstreamManager(nc)
-    const n = names(f.namespace as string)
-    const regions = await listRegions(jsm, n)
-    const partitions = await eventStreamPartitions(jsm, n) ?? 0
-    const rows = await Promise.all(regions.map(async (region) => await regionLag(jsm, n, region, partitions)))
-    if (f.json === true) io.out(JSON.stringify(rows.map((r) => ({ ...r, oldestPendingAt: r.oldestPendingAt?.toISOString() ?? null }))))
-    else if (rows.length === 0) io.out('no regions yet: start a replicator with `regionsync replicate`')
-    else for (const line of formatLagTable(rows)) io.out(line)
-    return 0
+    let drawn = 0
+    for (;;) {
+      const rows = await gatherStatus(nc, n, waitMs)
+      const lines = f.json === true
+        ? [JSON.stringify(rows)]
+        : rows.length === 0 ? ['no regions yet: start a replicator with `regionsync replicate`'] : formatStatusTable(rows)
+      if (f.watch !== true) {
+        for (const line of lines) io.out(line)
+        return 0
+      }
+      // Redraw in place: up over what was drawn, clear each line.
+      if (drawn > 0) process.stdout.write(`\x1b[${drawn}A`)
+      for (const line of [`regionsync status  ${new Date().toISOString()}  (Ctrl-C to stop)`, ...lines]) process.stdout.write(`\x1b[2K${line}\n`)
+      drawn = lines.length + 1
+      await new Promise((resolve) => setTimeout(resolve, 2000))
+    }
   } finally {
     await nc.close()
   }
@@ -177,12 +201,20 @@ async function status (args: string[], io: Io): Promise<number> {
 
 async function dlq (args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args
-  if (sub !== 'list') throw new InvalidOptionError('dlq', 'expects a subcommand: list')
-  const f = flags(rest, { ...COMMON, region: { type: 'string', env: 'REGIONSYNC_REGION' }, json: { type: 'boolean' } }, io.env)
+  if (sub !== 'list' && sub !== 'replay') throw new InvalidOptionError('dlq', 'expects a subcommand: list or replay')
+  const f = flags(rest, {
+    ...COMMON,
+    region: { type: 'string', env: 'REGIONSYNC_REGION' },
+    json: { type: 'boolean' },
+    id: { type: 'string' },
+    'wait-ms': { type: 'string', fallback: '30000' }
+  }, io.env)
   const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name'), '--region')
+  const n = names(validateNamespace(f.namespace, '--namespace'))
   const nc = await connectTo(f.nats as string)
   try {
-    const letters = await listDeadLetters(await jetstreamManager(nc), names(f.namespace as string), region)
+    const letters = await listDeadLetters(await jetstreamManager(nc), n, region)
+    if (sub === 'replay') return await replayLetters(nc, n, region, letters, f.id as string | undefined, Number(f['wait-ms']), io)
     if (f.json === true) {
       io.out(JSON.stringify(letters.map(({ payload: _p, signature: _s, ...rest }) => rest)))
     } else if (letters.length === 0) {
@@ -196,6 +228,30 @@ async function dlq (args: string[], io: Io): Promise<number> {
   } finally {
     await nc.close()
   }
+}
+
+/**
+ * Hands each letter to a live replicator of the region (one of its instances answers), which
+ * replays it with the region's own credential and records; so the letter goes to that region only.
+ */
+async function replayLetters (nc: NatsConnection, n: Names, region: string, letters: StoredDeadLetter[], id: string | undefined, waitMs: number, io: Io): Promise<number> {
+  const chosen = id === undefined ? letters : letters.filter((l) => l.eventId === id)
+  if (chosen.length === 0) {
+    io.out(id === undefined ? `no dead letters for region ${region}` : `no dead letter with event id ${id} for region ${region}`)
+    return id === undefined ? 0 : 1
+  }
+  let failed = 0
+  for (const letter of chosen) {
+    let result: DlqReplayResult
+    try {
+      result = (await nc.request(n.dlqReplaySubject(region), JSON.stringify({ dlqSeq: letter.dlqSeq }), { timeout: waitMs })).json<DlqReplayResult>()
+    } catch (err) {
+      throw new InvalidOptionError('--region', `no replicator of region ${region} answered (${(err as Error).message}); dlq replay needs one running`, { cause: err })
+    }
+    if (result.outcome === 'failed') failed++
+    io.out(`${letter.eventId ?? `dlq#${letter.dlqSeq}`}  ${result.outcome}${result.detail === '' ? '' : `  ${result.detail}`}`)
+  }
+  return failed === 0 ? 0 : 1
 }
 
 async function demo (args: string[], io: Io): Promise<number> {

@@ -61,3 +61,49 @@ export async function listDeadLetters (jsm: JetStreamManager, n: Names, region: 
   }
   return out
 }
+
+/** One dead letter by its sequence in the dead-letter stream; null when it is gone. */
+export async function loadDeadLetter (jsm: JetStreamManager, n: Names, dlqSeq: number): Promise<StoredDeadLetter | null> {
+  try {
+    const msg = await jsm.streams.getMessage(n.dlqStream, { seq: dlqSeq })
+    return msg === null ? null : { ...msg.json<DeadLetter>(), dlqSeq: msg.seq }
+  } catch (err) {
+    if (isNotFound(err)) return null
+    throw err
+  }
+}
+
+/**
+ * True when the region has handled a newer event for the letter's resource since the letter was
+ * written: replaying it now would put older data over newer. The events after it on its partition,
+ * up to the partition consumer's ack floor, are the ones the region has handled.
+ */
+export async function isSuperseded (jsm: JetStreamManager, n: Names, letter: DeadLetter): Promise<boolean> {
+  const partition = Number(letter.subject.split('.').at(-2))
+  if (!Number.isInteger(partition)) return false
+  let floor: number
+  try {
+    floor = (await jsm.consumers.info(n.eventStream, n.consumer(letter.region, partition))).ack_floor.stream_seq
+  } catch (err) {
+    if (isNotFound(err)) return false
+    throw err
+  }
+  let seq = letter.streamSeq + 1
+  while (seq <= floor) {
+    let msg
+    try {
+      msg = await jsm.streams.getMessage(n.eventStream, { next_by_subj: n.partitionFilter(partition), seq } as unknown as MsgRequest)
+    } catch (err) {
+      if (isNotFound(err)) return false
+      throw err
+    }
+    if (msg === null || msg.seq > floor) return false
+    try {
+      if (msg.json<{ resource?: unknown }>().resource === letter.resource) return true
+    } catch {
+      // A malformed event names no resource.
+    }
+    seq = msg.seq + 1
+  }
+  return false
+}

@@ -11,6 +11,7 @@ export interface ReplicatorMetrics {
   deadLetters: Counter<'region' | 'reason'>
   applySeconds: Histogram<'region'>
   endToEndSeconds: Histogram<'region'>
+  breakerOpen: Gauge<'region'>
 }
 
 /**
@@ -40,6 +41,7 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
     retries: new Counter({ name: 'regionsync_apply_retries_total', help: 'Replays that failed transiently and were scheduled again', labelNames: ['region'], registers }),
     deadLetters: new Counter({ name: 'regionsync_dead_letters_total', help: 'Events dead-lettered, by reason', labelNames: ['region', 'reason'], registers }),
     applySeconds: new Histogram({ name: 'regionsync_apply_duration_seconds', help: 'Duration of one replay request to the target', labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
-    endToEndSeconds: new Histogram({ name: 'regionsync_end_to_end_seconds', help: "From the source's commit to the target's 2xx", labelNames: ['region'], buckets: SECONDS_BUCKETS, registers })
+    endToEndSeconds: new Histogram({ name: 'regionsync_end_to_end_seconds', help: "From the source's commit to the target's 2xx", labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
+    breakerOpen: new Gauge({ name: 'regionsync_breaker_open', help: '1 while replays to the target are stopped because it is down (open or probing), else 0', labelNames: ['region'], registers })
   }
 }

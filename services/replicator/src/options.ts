@@ -4,6 +4,7 @@ import {
   type Logger, type StartFrom, type StreamSettings
 } from '@regionsync/shared'
 import type { Registry } from 'prom-client'
+import { DEFAULT_BREAKER, type BreakerSettings } from './circuit-breaker.js'
 import { DEFAULT_ALREADY_APPLIED, DEFAULT_RETRY, type AlreadyAppliedMap, type RetrySchedule } from './retry-policy.js'
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
@@ -45,6 +46,11 @@ export interface ReplicatorOptions {
   shutdownGraceMs?: number
   /** Name of this instance in status answers. @default hostname:pid */
   instance?: string
+  /** Replays in flight at once in this instance. @default the stream's partition count */
+  concurrency?: number
+  /** Replays a second this instance sends at most (a token bucket); 0 for no limit. @default 0 */
+  maxRps?: number
+  breaker?: Partial<BreakerSettings>
 }
 
 export interface ParsedReplicatorOptions {
@@ -67,6 +73,9 @@ export interface ParsedReplicatorOptions {
   registry: Registry | undefined
   shutdownGraceMs: number
   instance: string
+  concurrency: number | undefined
+  maxRps: number
+  breaker: BreakerSettings
 }
 
 export function parseTargetUrl (value: unknown, option = 'target'): URL {
@@ -113,6 +122,17 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
     alreadyApplied: o.alreadyApplied ?? DEFAULT_ALREADY_APPLIED,
     registry: o.registry,
     shutdownGraceMs: positiveInt(o.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS, 'shutdownGraceMs', 0),
-    instance: o.instance ?? `${process.env.HOSTNAME ?? 'replicator'}:${process.pid}`
+    instance: o.instance ?? `${process.env.HOSTNAME ?? 'replicator'}:${process.pid}`,
+    concurrency: o.concurrency === undefined ? undefined : positiveInt(o.concurrency, 'concurrency', 1),
+    maxRps: positiveInt(o.maxRps ?? 0, 'maxRps', 0),
+    breaker: parseBreaker(o.breaker)
   }
+}
+
+function parseBreaker (b: Partial<BreakerSettings> | undefined): BreakerSettings {
+  const s = { ...DEFAULT_BREAKER, ...b }
+  positiveInt(s.failureThreshold, 'breaker.failureThreshold', 1)
+  positiveInt(s.openMs, 'breaker.openMs', 10)
+  positiveInt(s.maxOpenMs, 'breaker.maxOpenMs', s.openMs)
+  return s
 }

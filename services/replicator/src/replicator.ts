@@ -1,14 +1,19 @@
 import { jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
+import type { Subscription } from '@nats-io/transport-node'
 import {
-  EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer, isRegionsyncError,
-  names, parseStreamSettings, regionLag, ErrorCode, type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer
+  EVENT_SIGNATURE_HEADER, ErrorCode, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
+  findCreatedId, isRegionsyncError, names, parseStreamSettings, regionLag,
+  type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
-import { publishDeadLetter, type DeadLetterReason } from './dead-letter.js'
+import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
+import { isSuperseded, loadDeadLetter, publishDeadLetter, type DeadLetterReason } from './dead-letter.js'
 import { AppliedLog } from './idempotency.js'
+import { IdMap } from './id-map.js'
 import { createReplicatorMetrics, type ReplicatorMetrics } from './metrics.js'
 import { DEFAULT_LAG_CACHE_MS, parseReplicatorOptions, type ParsedReplicatorOptions, type ReplicatorOptions } from './options.js'
-import { backoffMs, classify, type Outcome } from './retry-policy.js'
+import { Semaphore, TokenBucket } from './rate-limit.js'
+import { backoffMs, classify } from './retry-policy.js'
 
 export interface ReplicatorStatus {
   region: string
@@ -22,11 +27,29 @@ export interface ReplicatorStatus {
   lagSeconds: number
   oldestPendingAt: string | null
   applied: number
+  /** Events applied per second over the last 10 seconds. */
+  appliedPerSecond: number
   retries: number
   deadLetters: number
+  breaker: BreakerState
   lastError: { at: string, message: string } | null
   startedAt: string
 }
+
+/** What to do with one event, whatever carried it (the stream, or a dead-letter replay). */
+type Verdict =
+  | { kind: 'done', outcome: 'applied' | 'already-applied' | 'own-origin' }
+  | { kind: 'retry', delayMs: number, reason: string }
+  | { kind: 'dead', reason: DeadLetterReason, detail: string, status: number | null, excerpt: string }
+
+export interface DlqReplayResult {
+  dlqSeq: number
+  eventId: string | null
+  outcome: 'applied' | 'already-applied' | 'superseded' | 'failed'
+  detail: string
+}
+
+const RATE_WINDOW_S = 10
 
 /**
  * Applies one region's events to its target. Every instance of a region consumes the same durable
@@ -42,13 +65,18 @@ export class Replicator {
   readonly #signer: Signer
   readonly #client: TargetClient
   readonly #target: TargetSettings
+  readonly #breaker: CircuitBreaker
+  readonly #bucket: TokenBucket | null
+  #slots!: Semaphore
   readonly #startedAt = new Date()
   #js!: JetStreamClient
   #jsm!: JetStreamManager
   #applied!: AppliedLog
+  #ids!: IdMap
   #partitions = 0
   #loops: Array<Promise<void>> = []
   #iterators: ConsumerMessages[] = []
+  #subscriptions: Subscription[] = []
   readonly #inflight = new Set<AbortController>()
   #started = false
   #connected = true
@@ -56,6 +84,8 @@ export class Replicator {
   #lagCache: { at: number, value: Promise<RegionLag> } | null = null
   #lastError: { at: string, message: string } | null = null
   #counts = { applied: 0, retries: 0, deadLetters: 0 }
+  readonly #appliedRing = new Array<number>(RATE_WINDOW_S + 1).fill(0)
+  #rateTimer: NodeJS.Timeout | null = null
 
   private constructor (o: ParsedReplicatorOptions) {
     this.#o = o
@@ -64,17 +94,23 @@ export class Replicator {
     this.#n = names(o.namespace)
     this.#signer = createSigner(o.signingKey)
     this.metrics = createReplicatorMetrics(o.region, async () => await this.lag(), o.registry)
+    this.metrics.breakerOpen.set({ region: o.region }, 0)
     this.#target = {
       url: o.target,
       token: o.targetToken,
       timeoutMs: o.requestTimeoutMs,
-      connections: o.connections ?? 16,
+      connections: o.connections ?? o.concurrency ?? 16,
       encryptionKey: o.encryptionKey
     }
     this.#client = new TargetClient(this.#target)
+    this.#breaker = new CircuitBreaker(o.breaker, (state) => {
+      this.metrics.breakerOpen.set({ region: this.region }, state === 'closed' ? 0 : 1)
+      this.#log[state === 'closed' ? 'info' : 'warn']({ state }, 'target breaker changed')
+    })
+    this.#bucket = o.maxRps > 0 ? new TokenBucket(o.maxRps) : null
   }
 
-  /** Sets up the stream, the region's consumers and its applied-log, then starts consuming. */
+  /** Sets up the stream, the region's consumers and records, then starts consuming. */
   static async start (options: ReplicatorOptions): Promise<Replicator> {
     const r = new Replicator(parseReplicatorOptions(options))
     try {
@@ -93,18 +129,38 @@ export class Replicator {
     this.#js = jetstream(nc)
     const settings = parseStreamSettings(this.#o.stream)
     this.#partitions = (await ensureEventStream(nc, this.#jsm, this.#n, settings)).partitions
+    this.#slots = new Semaphore(this.#o.concurrency ?? this.#partitions)
     await ensureDlqStream(this.#jsm, this.#n, settings.replicas)
     this.#applied = await AppliedLog.open(nc, this.#n, this.region, settings.maxAgeMs, settings.replicas)
+    this.#ids = await IdMap.open(nc, this.#n, this.region, settings.replicas)
     const consumers = await Promise.all(Array.from({ length: this.#partitions }, async (_, partition) =>
       await ensurePartitionConsumer(this.#jsm, this.#n, { region: this.region, partition, from: this.#o.from, ackWaitMs: this.#o.ackWaitMs })))
+    this.#subscriptions.push(
+      nc.subscribe(this.#n.statusSubject, { callback: (err, msg) => { if (err === null) this.status().then((s) => msg.respond(JSON.stringify(s)), () => {}) } }),
+      nc.subscribe(this.#n.dlqReplaySubject(this.region), {
+        queue: `${this.#n.namespace}_${this.region}`,
+        callback: (err, msg) => {
+          if (err !== null) return
+          const { dlqSeq } = msg.json<{ dlqSeq: number }>()
+          this.replayDeadLetter(dlqSeq).then((r) => msg.respond(JSON.stringify(r)),
+            (e: Error) => msg.respond(JSON.stringify({ dlqSeq, eventId: null, outcome: 'failed', detail: e.message })))
+        }
+      })
+    )
     for (const name of consumers) {
       const consumer = await this.#js.consumers.get(this.#n.eventStream, name)
       const messages = await consumer.consume({ max_messages: 1, expires: 30_000 })
       this.#iterators.push(messages)
       this.#loops.push(this.#run(messages))
     }
+    this.#rateTimer = setInterval(() => { this.#appliedRing.shift(); this.#appliedRing.push(this.#counts.applied) }, 1000)
+    this.#rateTimer.unref()
     this.#started = true
     this.#log.info({ partitions: this.#partitions, target: this.#o.target.origin, instance: this.#o.instance }, 'replicator started')
+  }
+
+  get partitions (): number {
+    return this.#partitions
   }
 
   /** What this instance has done since it started. */
@@ -112,13 +168,13 @@ export class Replicator {
     return { ...this.#counts }
   }
 
-  get partitions (): number {
-    return this.#partitions
+  get breaker (): BreakerState {
+    return this.#breaker.state
   }
 
   /** True while connected and consuming; what /readyz reports. */
   get ready (): boolean {
-    return this.#started && this.#closing === null && this.#connected && !this.#o.connection.isClosed()
+    return this.#started && this.#closing === null && this.connected
   }
 
   get connected (): boolean {
@@ -144,116 +200,176 @@ export class Replicator {
   }
 
   async #handle (m: JsMsg): Promise<void> {
+    // A replay that waits (for a slot, the breaker or the target) must not look like a dead
+    // worker to the server, or it redelivers meanwhile.
+    const keepAlive = setInterval(() => m.working(), Math.max(500, this.#o.ackWaitMs / 3))
+    keepAlive.unref()
     try {
-      await this.#process(m)
+      const verdict = await this.#evaluate(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER), m.info.deliveryCount)
+      switch (verdict.kind) {
+        case 'done':
+          m.ack()
+          return
+        case 'retry':
+          m.nak(verdict.delayMs)
+          return
+        case 'dead':
+          await publishDeadLetter(this.#js, this.#n, {
+            v: 1,
+            region: this.region,
+            reason: verdict.reason,
+            detail: verdict.detail,
+            status: verdict.status,
+            excerpt: verdict.excerpt,
+            ...this.#eventFields(m.data),
+            streamSeq: m.seq,
+            subject: m.subject,
+            failedAt: new Date().toISOString(),
+            attempts: m.info.deliveryCount,
+            payload: Buffer.from(m.data).toString('base64'),
+            signature: m.headers?.get(EVENT_SIGNATURE_HEADER) ?? null
+          })
+          m.term()
+          this.#counts.deadLetters++
+          this.metrics.deadLetters.inc({ region: this.region, reason: verdict.reason })
+          this.#log.error({ seq: m.seq, reason: verdict.reason, status: verdict.status, detail: verdict.detail }, 'event dead-lettered')
+      }
     } catch (err) {
       // NATS itself failed us (KV or DLQ unreachable): hand the event back and try later.
       this.#noteError(err)
       this.#log.warn({ err, seq: m.seq }, 'event handling failed; will retry')
       m.nak(backoffMs(m.info.deliveryCount, this.#o.retry))
+    } finally {
+      clearInterval(keepAlive)
     }
   }
 
-  async #process (m: JsMsg): Promise<void> {
+  #eventFields (data: Uint8Array): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
+    try {
+      const e = decodeEvent(data)
+      return { eventId: e.id, resource: e.resource, method: e.method, path: e.path }
+    } catch {
+      return { eventId: null, resource: null, method: null, path: null }
+    }
+  }
+
+  /**
+   * Decides and carries out what one event needs: verify, skip what this region must not or need
+   * not apply, replay it, and record it as applied before the caller acknowledges it.
+   */
+  async #evaluate (data: Uint8Array, signature: string | undefined, attempt: number): Promise<Verdict> {
     let event: RegionsyncEvent
     try {
-      event = decodeEvent(m.data)
+      event = decodeEvent(data)
     } catch (err) {
-      return await this.#deadLetter(m, null, 'malformed', (err as Error).message)
+      return this.#dead('malformed', (err as Error).message)
     }
     try {
-      this.#signer.verifyEvent(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER))
+      this.#signer.verifyEvent(data, signature)
     } catch (err) {
-      return await this.#deadLetter(m, event, 'bad-signature', (err as Error).message)
+      return this.#dead('bad-signature', (err as Error).message)
     }
     if (event.origin === this.region) {
       this.metrics.skipped.inc({ region: this.region, reason: 'own-origin' })
-      return m.ack()
+      return { kind: 'done', outcome: 'own-origin' }
     }
     if (await this.#applied.has(event.id)) {
       this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
-      return m.ack()
+      return { kind: 'done', outcome: 'already-applied' }
     }
     let replay: Replay
     try {
-      replay = buildReplay(event, this.#target, this.#signer)
+      const path = await this.#ids.translatePath(event.path, event.idSegments)
+      replay = buildReplay(path === event.path ? event : { ...event, path }, this.#target, this.#signer)
     } catch (err) {
-      if (isRegionsyncError(err, ErrorCode.BadPath)) return await this.#deadLetter(m, event, 'bad-path', err.message)
-      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) {
-        return await this.#deadLetter(m, event, 'undecryptable', (err as Error).message)
-      }
+      if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead('bad-path', err.message)
+      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead('undecryptable', (err as Error).message)
       throw err
     }
-    const attempt = m.info.deliveryCount
-    const outcome = await this.#send(m, replay, attempt)
+    const learnId = event.created?.mode === 'translate'
+    const sent = await this.#send(replay, attempt, learnId)
+    const outcome = sent.status === null
+      ? { kind: 'retry' as const, delayMs: sent.aborted ? 0 : backoffMs(attempt, this.#o.retry), reason: sent.reason }
+      : classify(replay.method, sent.status, sent.headers, attempt, this.#o.retry, this.#o.alreadyApplied)
+    if (outcome.kind === 'retry' && isTargetDown(sent.status)) this.#breaker.failure()
+    else if (outcome.kind === 'applied' || outcome.kind === 'already-applied') this.#breaker.success()
+    else this.#breaker.neutral()
     switch (outcome.kind) {
       case 'applied':
       case 'already-applied':
+        if (learnId && outcome.kind === 'applied' && event.created !== null) {
+          const assigned = findCreatedId(sent.json, event.created.field, false)
+          if (assigned !== null && assigned.id !== event.created.id) await this.#ids.put(event.created.id, assigned.id)
+        }
         await this.#applied.record(event.id, outcome.status)
-        m.ack()
         this.#counts.applied++
         this.metrics.applied.inc({ region: this.region })
         this.metrics.endToEndSeconds.observe({ region: this.region }, Math.max(0, Date.now() - Date.parse(event.committedAt)) / 1000)
-        return
+        return { kind: 'done', outcome: outcome.kind }
       case 'retry':
         if (this.#o.retry.maxAttempts > 0 && attempt >= this.#o.retry.maxAttempts) {
-          return await this.#deadLetter(m, event, 'too-many-attempts', `${outcome.reason} after ${attempt} attempts`)
+          return this.#dead('too-many-attempts', `${outcome.reason} after ${attempt} attempts`)
         }
         this.#counts.retries++
         this.metrics.retries.inc({ region: this.region })
         this.#noteError(new Error(outcome.reason))
         this.#log.warn({ eventId: event.id, attempt, delayMs: outcome.delayMs, reason: outcome.reason }, 'replay failed; retrying')
-        return m.nak(outcome.delayMs)
+        return outcome
       case 'reject':
-        return await this.#deadLetter(m, event, 'rejected', outcome.reason, outcome.status, outcome.excerpt)
+        return this.#dead('rejected', outcome.reason, outcome.status, sent.excerpt)
     }
   }
 
-  async #send (m: JsMsg, replay: Replay, attempt: number): Promise<Outcome & { excerpt?: string }> {
+  #dead (reason: DeadLetterReason, detail: string, status: number | null = null, excerpt = ''): Verdict {
+    this.#noteError(new Error(`${reason}: ${detail}`))
+    return { kind: 'dead', reason, detail, status, excerpt }
+  }
+
+  async #send (replay: Replay, attempt: number, readJson: boolean): Promise<{
+    status: number | null, headers: Record<string, string | string[] | undefined>, excerpt: string, json?: unknown, reason: string, aborted: boolean
+  }> {
     const abort = new AbortController()
     this.#inflight.add(abort)
-    // A long request must not look like a dead worker to the server, or it redelivers meanwhile.
-    const keepAlive = setInterval(() => m.working(), Math.max(500, this.#o.ackWaitMs / 3))
-    keepAlive.unref()
-    const timer = this.metrics.applySeconds.startTimer({ region: this.region })
+    const release = await this.#slots.acquire()
     try {
-      const res = await this.#client.send(replay, abort.signal)
-      const outcome = classify(replay.method, res.status, res.headers, attempt, this.#o.retry, this.#o.alreadyApplied)
-      return outcome.kind === 'reject' ? { ...outcome, excerpt: res.excerpt } : outcome
+      await this.#breaker.acquire(abort.signal)
+      if (this.#bucket !== null) await this.#bucket.take()
+      const timer = this.metrics.applySeconds.startTimer({ region: this.region })
+      try {
+        const res = await this.#client.send(replay, abort.signal, readJson)
+        return { ...res, reason: `target answered ${res.status}`, aborted: false }
+      } finally {
+        timer()
+      }
     } catch (err) {
       const code = (err as { code?: string }).code
-      return { kind: 'retry', delayMs: abort.signal.aborted ? 0 : backoffMs(attempt, this.#o.retry), reason: `request failed: ${code ?? (err as Error).message}` }
+      return { status: null, headers: {}, excerpt: '', reason: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.signal.aborted }
     } finally {
-      timer()
-      clearInterval(keepAlive)
+      release()
       this.#inflight.delete(abort)
     }
   }
 
-  async #deadLetter (m: JsMsg, event: RegionsyncEvent | null, reason: DeadLetterReason, detail: string, status: number | null = null, excerpt = ''): Promise<void> {
-    await publishDeadLetter(this.#js, this.#n, {
-      v: 1,
-      region: this.region,
-      reason,
-      detail,
-      status,
-      excerpt,
-      eventId: event?.id ?? null,
-      resource: event?.resource ?? null,
-      method: event?.method ?? null,
-      path: event?.path ?? null,
-      streamSeq: m.seq,
-      subject: m.subject,
-      failedAt: new Date().toISOString(),
-      attempts: m.info.deliveryCount,
-      payload: Buffer.from(m.data).toString('base64'),
-      signature: m.headers?.get(EVENT_SIGNATURE_HEADER) ?? null
-    })
-    m.term()
-    this.#counts.deadLetters++
-    this.metrics.deadLetters.inc({ region: this.region, reason })
-    this.#noteError(new Error(`${reason}: ${detail}`))
-    this.#log.error({ eventId: event?.id, seq: m.seq, reason, status, detail }, 'event dead-lettered')
+  /**
+   * Replays one dead letter of this region (`regionsync dlq replay`): through the same checks and
+   * records as any event, unless a newer event for the same resource has been handled since, which
+   * it would overwrite. An applied letter leaves the dead-letter stream.
+   */
+  async replayDeadLetter (dlqSeq: number): Promise<DlqReplayResult> {
+    const letter = await loadDeadLetter(this.#jsm, this.#n, dlqSeq)
+    if (letter === null || letter.region !== this.region) {
+      return { dlqSeq, eventId: null, outcome: 'failed', detail: `no dead letter ${dlqSeq} for region ${this.region}` }
+    }
+    const base = { dlqSeq, eventId: letter.eventId }
+    if (letter.resource !== null && await isSuperseded(this.#jsm, this.#n, letter)) {
+      return { ...base, outcome: 'superseded', detail: `a newer event for ${letter.resource} has been handled since; replaying would overwrite it` }
+    }
+    const verdict = await this.#evaluate(Buffer.from(letter.payload, 'base64'), letter.signature ?? undefined, 1)
+    if (verdict.kind === 'done') {
+      await this.#jsm.streams.deleteMessage(this.#n.dlqStream, dlqSeq)
+      return { ...base, outcome: verdict.outcome === 'already-applied' ? 'already-applied' : 'applied', detail: '' }
+    }
+    return { ...base, outcome: 'failed', detail: verdict.kind === 'dead' ? `${verdict.reason}: ${verdict.detail}` : verdict.reason }
   }
 
   #noteError (err: unknown): void {
@@ -284,8 +400,10 @@ export class Replicator {
       lagSeconds: lag.lagSeconds,
       oldestPendingAt: lag.oldestPendingAt?.toISOString() ?? null,
       applied: this.#counts.applied,
+      appliedPerSecond: (this.#counts.applied - (this.#appliedRing[0] as number)) / RATE_WINDOW_S,
       retries: this.#counts.retries,
       deadLetters: this.#counts.deadLetters,
+      breaker: this.#breaker.state,
       lastError: this.#lastError,
       startedAt: this.#startedAt.toISOString()
     }
@@ -302,12 +420,18 @@ export class Replicator {
   }
 
   async #close (): Promise<void> {
+    for (const s of this.#subscriptions) s.unsubscribe()
     for (const it of this.#iterators) {
       try { it.stop() } catch (err) { this.#log.warn({ err }, 'stopping a consumer failed') }
     }
-    const grace = setTimeout(() => { for (const a of this.#inflight) a.abort() }, this.#o.shutdownGraceMs)
+    if (this.#rateTimer !== null) clearInterval(this.#rateTimer)
+    const grace = setTimeout(() => {
+      for (const a of this.#inflight) a.abort()
+      this.#breaker.close()
+    }, this.#o.shutdownGraceMs)
     await Promise.allSettled(this.#loops)
     clearTimeout(grace)
+    this.#breaker.close()
     try { await this.#client.close() } catch (err) { this.#log.warn({ err }, 'closing the target pool failed') }
     if (this.#o.ownsConnection && !this.#o.connection.isClosed()) {
       try { await this.#o.connection.drain() } catch (err) { this.#log.warn({ err }, 'draining NATS failed') }

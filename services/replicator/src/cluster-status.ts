@@ -1,0 +1,98 @@
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { eventStreamPartitions, isNotFound, listRegions, regionLag, type Names } from '@regionsync/shared'
+import type { BreakerState } from './circuit-breaker.js'
+import type { ReplicatorStatus } from './replicator.js'
+
+export const DEFAULT_STATUS_WAIT_MS = 1000
+
+/** One region as `regionsync status` and the dashboard show it. */
+export interface RegionStatus {
+  region: string
+  /** Live replicators that answered, by instance name. */
+  instances: ReplicatorStatus[]
+  /** From JetStream, so right even with no live instance. */
+  pending: number
+  lagSeconds: number
+  oldestPendingAt: string | null
+  appliedPerSecond: number
+  deadLetters: number
+  /** The worst breaker state among the instances; null with none. */
+  breaker: BreakerState | null
+  lastError: { at: string, message: string, instance: string } | null
+}
+
+const BREAKER_RANK: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 }
+
+/**
+ * Scatter-gather: every live replicator answers on the status subject within `waitMs`; lag and
+ * pending come from JetStream for every region that has consumers, answered or not.
+ */
+export async function gatherStatus (nc: NatsConnection, n: Names, waitMs = DEFAULT_STATUS_WAIT_MS): Promise<RegionStatus[]> {
+  const jsm = await jetstreamManager(nc)
+  const [answers, regions, partitions, dlq] = await Promise.all([
+    collect(nc, n, waitMs),
+    listRegions(jsm, n),
+    eventStreamPartitions(jsm, n),
+    deadLetterCounts(jsm, n)
+  ])
+  const all = new Set([...regions, ...answers.map((a) => a.region)])
+  return await Promise.all([...all].sort().map(async (region): Promise<RegionStatus> => {
+    const instances = answers.filter((a) => a.region === region).sort((a, b) => a.instance.localeCompare(b.instance))
+    const lag = await regionLag(jsm, n, region, partitions ?? 0)
+    const errors = instances.flatMap((i) => i.lastError === null ? [] : [{ ...i.lastError, instance: i.instance }]).sort((a, b) => b.at.localeCompare(a.at))
+    return {
+      region,
+      instances,
+      pending: lag.pending,
+      lagSeconds: lag.lagSeconds,
+      oldestPendingAt: lag.oldestPendingAt?.toISOString() ?? null,
+      appliedPerSecond: instances.reduce((sum, i) => sum + i.appliedPerSecond, 0),
+      deadLetters: dlq.get(n.dlqSubject(region)) ?? 0,
+      breaker: instances.length === 0 ? null : instances.map((i) => i.breaker).reduce((a, b) => BREAKER_RANK[b] > BREAKER_RANK[a] ? b : a),
+      lastError: errors[0] ?? null
+    }
+  }))
+}
+
+async function collect (nc: NatsConnection, n: Names, waitMs: number): Promise<ReplicatorStatus[]> {
+  const out: ReplicatorStatus[] = []
+  try {
+    for await (const msg of await nc.requestMany(n.statusSubject, '', { strategy: 'timer', maxWait: waitMs })) {
+      try {
+        out.push(msg.json<ReplicatorStatus>())
+      } catch {
+        // Not a status answer; ignore it.
+      }
+    }
+  } catch {
+    // No responders: no live replicator anywhere.
+  }
+  return out
+}
+
+async function deadLetterCounts (jsm: Awaited<ReturnType<typeof jetstreamManager>>, n: Names): Promise<Map<string, number>> {
+  try {
+    const info = await jsm.streams.info(n.dlqStream, { subjects_filter: n.dlqSubjects })
+    return new Map(Object.entries(info.state.subjects ?? {}))
+  } catch (err) {
+    if (isNotFound(err)) return new Map()
+    throw err
+  }
+}
+
+export function formatStatusTable (rows: RegionStatus[]): string[] {
+  const header = ['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'LAST ERROR']
+  const lines = rows.map((r) => [
+    r.region,
+    r.instances.length === 0 ? 'none' : String(r.instances.length),
+    String(r.pending),
+    `${r.lagSeconds.toFixed(1)}s`,
+    r.instances.length === 0 ? '-' : r.appliedPerSecond.toFixed(1),
+    String(r.deadLetters),
+    r.breaker ?? '-',
+    r.lastError === null ? '-' : `${r.lastError.message.slice(0, 60)} (${r.lastError.instance})`
+  ])
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)))
+  return [header, ...lines].map((cols) => cols.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd())
+}
