@@ -7,6 +7,7 @@ import {
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
+import { gatherStatus, type RegionStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter, type DeadLetterReason } from './dead-letter.js'
 import { AppliedLog } from './idempotency.js'
 import { IdMap } from './id-map.js'
@@ -370,6 +371,11 @@ export class Replicator {
       return { ...base, outcome: verdict.outcome === 'already-applied' ? 'already-applied' : 'applied', detail: '' }
     }
     return { ...base, outcome: 'failed', detail: verdict.kind === 'dead' ? `${verdict.reason}: ${verdict.detail}` : verdict.reason }
+  }
+
+  /** Every region's status, as `regionsync status` shows it; for the dashboard. */
+  async clusterStatus (waitMs?: number): Promise<RegionStatus[]> {
+    return await gatherStatus(this.#o.connection, this.#n, waitMs)
   }
 
   #noteError (err: unknown): void {
