@@ -17,6 +17,8 @@ COPY shared/package.json shared/
 COPY services/publisher/package.json services/publisher/
 COPY services/replicator/package.json services/replicator/
 COPY examples/package.json examples/
+# A workspace of the repo (it pins Fastify 4 for the tests); npm ci needs its manifest.
+COPY test/fastify4/package.json test/fastify4/
 RUN npm ci --no-audit --no-fund
 
 # Sources and build configuration.
@@ -31,7 +33,8 @@ COPY services/replicator/bin services/replicator/bin
 COPY examples/tsconfig.json examples/
 COPY examples/src examples/src
 
-RUN npx tsc -b \
+# Only the shipped workspaces: the root tsconfig also references bench/, which the image does not carry.
+RUN npx tsc -b shared services/publisher services/replicator examples \
  && test -f services/replicator/dist/cli.js \
  && test -f examples/dist/server.js \
  && npm prune --omit=dev --no-audit --no-fund \

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { RegionLag } from '@regionsync/shared'
+import { DEAD_LETTER_REASONS } from './dead-letter.js'
 
 const SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
@@ -34,7 +35,7 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
     registers,
     async collect () { this.set({ region }, (await lag()).pending) }
   })
-  return {
+  const m: ReplicatorMetrics = {
     registry,
     applied: new Counter({ name: 'regionsync_events_applied_total', help: 'Events applied to the target (including ones the target already had)', labelNames: ['region'], registers }),
     skipped: new Counter({ name: 'regionsync_events_skipped_total', help: 'Events acknowledged without a replay: own origin, or already applied', labelNames: ['region', 'reason'], registers }),
@@ -44,4 +45,10 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
     endToEndSeconds: new Histogram({ name: 'regionsync_end_to_end_seconds', help: "From the source's commit to the target's 2xx", labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
     breakerOpen: new Gauge({ name: 'regionsync_breaker_open', help: '1 while replays to the target are stopped because it is down (open or probing), else 0', labelNames: ['region'], registers })
   }
+  // Every series exists from the start at 0, so rate() and increase() see the first event too.
+  m.applied.inc({ region }, 0)
+  m.retries.inc({ region }, 0)
+  for (const reason of DEAD_LETTER_REASONS) m.deadLetters.inc({ region, reason }, 0)
+  for (const reason of ['own-origin', 'already-applied']) m.skipped.inc({ region, reason }, 0)
+  return m
 }
