@@ -152,36 +152,44 @@ export interface PartitionConsumerSettings {
  * durable queue group. `max_ack_pending: 1` is what keeps each partition, and so each resource, in
  * order across any number of instances and redeliveries.
  */
-export async function ensurePartitionConsumer (jsm: JetStreamManager, n: Names, s: PartitionConsumerSettings): Promise<string> {
+export interface PartitionConsumer {
+  name: string
+  /** The consumer's own ack wait, which may differ from what this process would have created it with. */
+  ackWaitMs: number
+}
+
+export async function ensurePartitionConsumer (jsm: JetStreamManager, n: Names, s: PartitionConsumerSettings): Promise<PartitionConsumer> {
   const name = n.consumer(s.region, s.partition)
   const filter = n.partitionFilter(s.partition)
+  let info
   try {
-    const info = await jsm.consumers.info(n.eventStream, name)
-    if (info.config.filter_subject !== filter || info.config.max_ack_pending !== 1 || info.config.ack_policy !== AckPolicy.Explicit) {
-      throw new RegionsyncError(ErrorCode.StreamMismatch, `consumer ${name} exists with another filter or ack settings; delete it to let regionsync recreate it`)
-    }
-    return name
+    info = await jsm.consumers.info(n.eventStream, name)
   } catch (err) {
     if (!isNotFound(err)) throw err
   }
-  const config: Partial<ConsumerConfig> = {
-    durable_name: name,
-    description: `regionsync region=${s.region} partition=${s.partition}`,
-    filter_subject: filter,
-    ack_policy: AckPolicy.Explicit,
-    ack_wait: ms(s.ackWaitMs),
-    max_ack_pending: 1,
-    max_deliver: -1,
-    ...deliverPolicy(s.from)
+  if (info === undefined) {
+    const config: Partial<ConsumerConfig> = {
+      durable_name: name,
+      description: `regionsync region=${s.region} partition=${s.partition}`,
+      filter_subject: filter,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: ms(s.ackWaitMs),
+      max_ack_pending: 1,
+      max_deliver: -1,
+      ...deliverPolicy(s.from)
+    }
+    try {
+      info = await jsm.consumers.add(n.eventStream, config)
+    } catch (err) {
+      // Another instance of the region created it first, possibly with another start point: theirs wins.
+      if (!(err instanceof JetStreamApiError)) throw err
+      info = await jsm.consumers.info(n.eventStream, name)
+    }
   }
-  try {
-    await jsm.consumers.add(n.eventStream, config)
-  } catch (err) {
-    // Another instance of the region created it first, possibly with another start point: theirs wins.
-    if (!(err instanceof JetStreamApiError)) throw err
-    await jsm.consumers.info(n.eventStream, name)
+  if (info.config.filter_subject !== filter || info.config.max_ack_pending !== 1 || info.config.ack_policy !== AckPolicy.Explicit) {
+    throw new RegionsyncError(ErrorCode.StreamMismatch, `consumer ${name} exists with another filter or ack settings; delete it to let regionsync recreate it`)
   }
-  return name
+  return { name, ackWaitMs: Math.round((info.config.ack_wait ?? ms(s.ackWaitMs)) / 1_000_000) }
 }
 
 function deliverPolicy (from: StartFrom): Partial<ConsumerConfig> {

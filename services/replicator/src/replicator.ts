@@ -75,6 +75,7 @@ export class Replicator {
   #applied!: AppliedLog
   #ids!: IdMap
   #partitions = 0
+  #keepAliveMs = 10_000
   #loops: Array<Promise<void>> = []
   #iterators: ConsumerMessages[] = []
   #subscriptions: Subscription[] = []
@@ -148,7 +149,10 @@ export class Replicator {
         }
       })
     )
-    for (const name of consumers) {
+    // Signal progress well within the ack wait the consumers really have (another instance may have
+    // created them with another one), or the server redelivers a long replay meanwhile.
+    this.#keepAliveMs = Math.max(100, Math.min(...consumers.map((c) => c.ackWaitMs)) / 3)
+    for (const { name } of consumers) {
       const consumer = await this.#js.consumers.get(this.#n.eventStream, name)
       const messages = await consumer.consume({ max_messages: 1, expires: 30_000 })
       this.#iterators.push(messages)
@@ -203,7 +207,7 @@ export class Replicator {
   async #handle (m: JsMsg): Promise<void> {
     // A replay that waits (for a slot, the breaker or the target) must not look like a dead
     // worker to the server, or it redelivers meanwhile.
-    const keepAlive = setInterval(() => m.working(), Math.max(500, this.#o.ackWaitMs / 3))
+    const keepAlive = setInterval(() => m.working(), this.#keepAliveMs)
     keepAlive.unref()
     try {
       const verdict = await this.#evaluate(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER), m.info.deliveryCount)
