@@ -2,7 +2,8 @@ import { buildIdentityApi } from './identity-api.js'
 
 /*
  * The example API as a process, for docker-compose: one region's copy, with the plugin on.
- * REGION, PORT, NATS_URL, REGIONSYNC_SIGNING_KEY, REGIONSYNC_SPOOL_DIR and API_TOKEN configure it.
+ * REGION, PORT, NATS_URL, REGIONSYNC_SIGNING_KEY, REGIONSYNC_NAMESPACE, REGIONSYNC_SPOOL_DIR and API_TOKEN
+ * configure it.
  */
 const region = process.env.REGION ?? 'us'
 const port = Number(process.env.PORT ?? 3000)
@@ -16,6 +17,7 @@ const app = await buildIdentityApi({
     signingKey: process.env.REGIONSYNC_SIGNING_KEY,
     dev: process.env.REGIONSYNC_SIGNING_KEY === undefined && process.env.NODE_ENV !== 'production',
     metricsRoute: '/metrics',
+    ...(process.env.REGIONSYNC_NAMESPACE !== undefined ? { namespace: process.env.REGIONSYNC_NAMESPACE } : {}),
     ...(process.env.REGIONSYNC_SPOOL_DIR !== undefined ? { spool: { dir: process.env.REGIONSYNC_SPOOL_DIR } } : {})
   }
 })

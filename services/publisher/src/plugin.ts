@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import {
   DEFAULT_MAX_AGE_MS, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
@@ -62,9 +63,13 @@ const kCapture = Symbol('regionsync.capture')
 type CapturingRequest = FastifyRequest & { [kCapture]: Capture | null }
 const captureOf = (request: FastifyRequest): Capture | null => (request as CapturingRequest)[kCapture]
 
+/** Wait between attempts to record an applied replay while JetStream is unreachable. */
+const RECORD_RETRY_MS = 250
+
 const REFUSALS = {
   'spool-full': 'regionsync cannot take this write: the outage spool is full while JetStream is unreachable; nothing was changed',
-  'too-many-in-flight': 'regionsync cannot take this write now: too many writes are in flight; nothing was changed'
+  'too-many-in-flight': 'regionsync cannot take this write now: too many writes are in flight; nothing was changed',
+  'replay-in-flight': 'regionsync is still applying this replay; nothing was changed'
 } as const
 
 const hasBody = (req: FastifyRequest): boolean =>
@@ -100,6 +105,9 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     { region: o.region, publishTimeoutMs: o.publishTimeoutMs, maxInFlight: o.maxInFlight, whenSpoolFull: o.whenSpoolFull },
     nc, jetstream(nc), spool, metrics, app.log)
   const events = new EventBuilder(o, n, signer, partitions)
+  /** Event ids of replays between their replay-record lookup and their recorded answer. */
+  const replaysInFlight = new Set<string>()
+  let closing = false
 
   app.decorate('regionsync', {
     region: o.region,
@@ -143,9 +151,19 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       if (capture === null) return
       capture.replayOf = genuineReplay(request, capture, signer)
       if (capture.replayOf !== null) {
+        // Until its answer is recorded, the same event sent again (a replicator that timed out or
+        // lost its own record) must not run the handler a second time. 429, not 503: the
+        // replicator retries it after Retry-After without taking the target for down.
+        if (replaysInFlight.has(capture.replayOf)) {
+          capture.replayOf = null
+          return await reply.code(429).header('retry-after', '1').send({ statusCode: 429, code: 'REGIONSYNC_E_UNAVAILABLE', error: 'Too Many Requests', message: REFUSALS['replay-in-flight'] })
+        }
+        // Owned by this request from here; onSend gives it back.
+        replaysInFlight.add(capture.replayOf)
         const answer = guard === null ? null : await guard.lookup(capture.replayOf)
         if (answer !== null) {
           metrics.replaysReceived.inc({ region: o.region, outcome: 'duplicate' })
+          replaysInFlight.delete(capture.replayOf)
           capture.replayOf = null
           if (answer.contentType !== null) reply.header('content-type', answer.contentType)
           return await reply.code(answer.status).send(Buffer.from(answer.body, 'base64'))
@@ -168,12 +186,19 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
 
     route.onSend = [...toArray(route.onSend), async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
       const capture = captureOf(request)
-      if (capture === null || reply.statusCode < 200 || reply.statusCode > 299) return payload
+      if (capture === null) return payload
       if (capture.replayOf !== null) {
-        metrics.replaysReceived.inc({ region: o.region, outcome: 'applied' })
-        await recordReplay(capture.replayOf, reply, payload)
+        try {
+          if (reply.statusCode >= 200 && reply.statusCode <= 299) {
+            metrics.replaysReceived.inc({ region: o.region, outcome: 'applied' })
+            await recordReplay(capture.replayOf, reply, payload)
+          }
+        } finally {
+          replaysInFlight.delete(capture.replayOf)
+        }
         return payload
       }
+      if (reply.statusCode < 200 || reply.statusCode > 299) return payload
       if (capture.admission === null) return payload
       if (capture.admission.unreplicated) {
         metrics.unreplicated.inc({ region: o.region })
@@ -200,15 +225,26 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     if (guard === null) return
     const body = typeof payload === 'string' ? Buffer.from(payload) : Buffer.isBuffer(payload) ? payload : Buffer.alloc(0)
     const type = reply.getHeader('content-type')
-    try {
-      await guard.record(eventId, {
-        status: reply.statusCode,
-        contentType: typeof type === 'string' ? type : null,
-        body: body.length > MAX_RECORDED_BODY_BYTES ? '' : body.toString('base64')
-      })
-    } catch (err) {
-      // The replicator's own applied-record still stops most duplicates; say that this one could not.
-      app.log.warn({ err, eventId }, 'regionsync could not record an applied replay')
+    const answer = {
+      status: reply.statusCode,
+      contentType: typeof type === 'string' ? type : null,
+      body: body.length > MAX_RECORDED_BODY_BYTES ? '' : body.toString('base64')
+    }
+    // The write is committed: until the record holds, a redelivery would run it again. When
+    // JetStream is unreachable the replicator cannot record it either, and cannot redeliver
+    // before JetStream is back, so the answer waits for JetStream rather than going out unrecorded.
+    for (;;) {
+      try {
+        await guard.record(eventId, answer)
+        return
+      } catch (err) {
+        if (closing) {
+          app.log.warn({ err, eventId }, 'regionsync could not record an applied replay')
+          return
+        }
+        app.log.warn({ err, eventId }, 'regionsync could not record an applied replay yet; retrying')
+        await sleep(RECORD_RETRY_MS)
+      }
     }
   }
 
@@ -219,6 +255,8 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     })
   }
 
+  // Set before the server waits for in-flight requests, so none waits on JetStream forever.
+  app.addHook('preClose', async () => { closing = true })
   app.addHook('onClose', async () => {
     await publisher.close()
     if (o.connection === undefined && !nc.isClosed()) await nc.drain()

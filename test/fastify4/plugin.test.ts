@@ -1,0 +1,112 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import regionsync from '@regionsync/publisher'
+import { EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, eventBody, names, type RegionsyncEvent } from '@regionsync/shared'
+// Resolved from test/fastify4, whose package pins Fastify 4: the plugin must work on both majors.
+import Fastify, { type FastifyInstance } from 'fastify'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { NatsServer } from '../helpers/nats-server.js'
+import { SIGNING_KEY, connect, uniqueNamespace } from '../helpers/fixtures.js'
+
+const FASTIFY_VERSION = (createRequire(import.meta.url)('fastify/package.json') as { version: string }).version
+
+let nats: NatsServer
+beforeAll(async () => { nats = await NatsServer.start() })
+afterAll(async () => { await nats.stop() })
+
+const cleanup: Array<() => Promise<unknown>> = []
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn()
+})
+
+interface Published { event: RegionsyncEvent, data: Uint8Array, signature: string | undefined, msgId: string | undefined }
+
+async function setup (routes: (app: FastifyInstance) => void, options: { maxBodyBytes?: number } = {}): Promise<{ app: FastifyInstance, published: () => Promise<Published[]> }> {
+  const nc: NatsConnection = await connect(nats.url)
+  cleanup.push(async () => await nc.close())
+  const ns = uniqueNamespace()
+  const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
+  cleanup.push(async () => await rm(spoolDir, { recursive: true, force: true }))
+  const app = Fastify({ logger: false })
+  cleanup.push(async () => await app.close())
+  // In this monorepo the plugin's declarations see the root's Fastify 5; an installed app's see its
+  // own Fastify (a peer dependency). What runs here is the plugin on Fastify 4.
+  await app.register(regionsync as never, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
+  routes(app)
+  await app.ready()
+  const published = async (): Promise<Published[]> => {
+    const jsm = await jetstreamManager(nc)
+    const stream = names(ns).eventStream
+    const last = (await jsm.streams.info(stream)).state.last_seq
+    const out: Published[] = []
+    for (let seq = 1; seq <= last; seq++) {
+      const m = await jsm.streams.getMessage(stream, { seq })
+      if (m !== null) out.push({ event: decodeEvent(m.data), data: m.data, signature: m.header?.get(EVENT_SIGNATURE_HEADER), msgId: m.header?.get('Nats-Msg-Id') })
+    }
+    return out
+  }
+  return { app, published }
+}
+
+const json = { 'content-type': 'application/json' }
+
+describe('the plugin on Fastify 4', () => {
+  it('runs on Fastify 4.29', async () => {
+    expect(FASTIFY_VERSION).toMatch(/^4\.29\./)
+    const { app } = await setup(() => {})
+    expect(app.version).toBe(FASTIFY_VERSION)
+  })
+
+  it('publishes one signed event for a 2xx POST, with the body as sent and the created id', async () => {
+    const s = await setup((app) => {
+      app.post<{ Body: { name: string, password?: string } }>('/v3/users', async (request, reply) => {
+        // Rewritten in place, as an API that hashes a password does: the event keeps what was sent.
+        delete request.body.password
+        return await reply.code(201).send({ user: { id: 'k4', name: request.body.name } })
+      })
+    })
+    const sent = '{ "name" : "ann",\n"password":"hunter2" }'
+    const res = await s.app.inject({ method: 'POST', url: '/v3/users?domain=default', headers: json, payload: sent })
+    expect(res.statusCode).toBe(201)
+
+    const all = await s.published()
+    expect(all).toHaveLength(1)
+    const { event, data, signature, msgId } = all[0] as Published
+    expect(event).toMatchObject({ origin: 'us', method: 'POST', path: '/v3/users', query: 'domain=default', contentType: 'application/json' })
+    expect(eventBody(event)?.equals(Buffer.from(sent))).toBe(true)
+    expect(event.created).toEqual({ id: 'k4', field: 'user.id', mode: 'inject' })
+    expect(event.resource).toBe('/v3/users/k4')
+    expect(() => createSigner(SIGNING_KEY).verifyEvent(data, signature)).not.toThrow()
+    expect(() => createSigner(randomBytes(32).toString('hex')).verifyEvent(data, signature)).toThrow()
+    expect(msgId).toBe(event.id)
+  })
+
+  it('publishes nothing for a GET or a route that opts out', async () => {
+    let ran = 0
+    const s = await setup((app) => {
+      app.get('/v3/users/:id', async () => { ran++; return { user: { id: 'k4' } } })
+      app.post('/internal/cache/flush', { config: { regionsync: false } }, async (_req, reply) => { ran++; return await reply.code(202).send({ ok: true }) })
+    })
+    expect((await s.app.inject({ method: 'GET', url: '/v3/users/k4' })).statusCode).toBe(200)
+    expect((await s.app.inject({ method: 'POST', url: '/internal/cache/flush', headers: json, payload: '{}' })).statusCode).toBe(202)
+    expect(ran).toBe(2)
+    expect(await s.published()).toHaveLength(0)
+  })
+
+  it('refuses a body over maxBodyBytes with 413 before the handler runs', async () => {
+    let ran = 0
+    const s = await setup((app) => {
+      app.post('/v3/things', async (_req, reply) => { ran++; return await reply.code(201).send({ id: 't1' }) })
+    }, { maxBodyBytes: 64 })
+    const res = await s.app.inject({ method: 'POST', url: '/v3/things', headers: json, payload: JSON.stringify({ name: 'x'.repeat(100) }) })
+    expect(res.statusCode).toBe(413)
+    expect(res.json()).toMatchObject({ statusCode: 413, code: 'REGIONSYNC_E_BODY_TOO_LARGE' })
+    expect(ran).toBe(0)
+    expect(await s.published()).toHaveLength(0)
+  })
+})
