@@ -306,7 +306,7 @@ export class Replicator {
           const assigned = findCreatedId(sent.json, event.created.field, false)
           if (assigned !== null && assigned.id !== event.created.id) await this.#ids.put(event.created.id, assigned.id)
         }
-        await this.#applied.record(event.id, outcome.status)
+        await this.#recordApplied(event.id, outcome.status)
         this.#counts.applied++
         this.metrics.applied.inc({ region: this.region })
         this.metrics.endToEndSeconds.observe({ region: this.region }, Math.max(0, Date.now() - Date.parse(event.committedAt)) / 1000)
@@ -322,6 +322,24 @@ export class Replicator {
         return outcome
       case 'reject':
         return this.#dead('rejected', outcome.reason, outcome.status, sent.excerpt)
+    }
+  }
+
+  /**
+   * The target has the write: until the record holds, a redelivery would replay it (harmless on a
+   * target with the plugin, a second write on one without). While JetStream is unreachable the ack
+   * could not land either, so keep trying; on close, give up and let the redelivery be deduplicated.
+   */
+  async #recordApplied (eventId: string, status: number): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#applied.record(eventId, status)
+        return
+      } catch (err) {
+        if (this.#closing !== null) throw err
+        if (attempt === 1) this.#log.warn({ err, eventId }, 'could not record an applied event yet; retrying')
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * attempt)))
+      }
     }
   }
 
