@@ -1,6 +1,5 @@
-import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { Names } from '@regionsync/shared'
+import { RegionRecords, type Names } from '@regionsync/shared'
 
 /** Bodies up to this size are kept to answer a duplicate replay with; larger ones keep the status only. */
 export const MAX_RECORDED_BODY_BYTES = 64 * 1024
@@ -19,30 +18,22 @@ export interface RecordedAnswer {
  * the target's 2xx and the replicator writing its record.
  */
 export class ReplayGuard {
-  readonly #kv: KV
-  readonly #region: string
+  readonly #records: RegionRecords
 
-  private constructor (kv: KV, region: string) {
-    this.#kv = kv
-    this.#region = region
+  private constructor (records: RegionRecords) {
+    this.#records = records
   }
 
   static async open (nc: NatsConnection, n: Names, region: string, ttlMs: number, replicas: number): Promise<ReplayGuard> {
-    const kv = await new Kvm(nc).create(n.replayBucket, { history: 1, ttl: ttlMs, replicas, description: 'regionsync: replays answered per region' })
-    return new ReplayGuard(kv, region)
+    return new ReplayGuard(await RegionRecords.open(nc, n.replayBucket, region, { ttlMs, replicas, description: 'regionsync: replays answered per region' }))
   }
 
   async lookup (eventId: string): Promise<RecordedAnswer | null> {
-    const e = await this.#kv.get(this.#key(eventId))
-    if (e === null || e.operation !== 'PUT') return null
-    return e.json<RecordedAnswer>()
+    const value = await this.#records.get(eventId)
+    return value === null ? null : JSON.parse(value) as RecordedAnswer
   }
 
   async record (eventId: string, answer: RecordedAnswer): Promise<void> {
-    await this.#kv.put(this.#key(eventId), JSON.stringify(answer))
-  }
-
-  #key (eventId: string): string {
-    return `${this.#region}.${eventId.replace(/[^-\w]/g, '_')}`
+    await this.#records.put(eventId, JSON.stringify(answer))
   }
 }

@@ -1,7 +1,5 @@
-import { createHash } from 'node:crypto'
-import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { Names } from '@regionsync/shared'
+import { RegionRecords, type Names } from '@regionsync/shared'
 
 const CACHE_LIMIT = 10_000
 
@@ -11,32 +9,28 @@ const CACHE_LIMIT = 10_000
  * it, with no TTL: a mapping lives as long as its resource. A small cache saves repeat look-ups.
  */
 export class IdMap {
-  readonly #kv: KV
-  readonly #region: string
-  readonly #cache = new Map<string, string | null>()
+  readonly #records: RegionRecords
+  readonly #cache = new Map<string, string>()
 
-  private constructor (kv: KV, region: string) {
-    this.#kv = kv
-    this.#region = region
+  private constructor (records: RegionRecords) {
+    this.#records = records
   }
 
   static async open (nc: NatsConnection, n: Names, region: string, replicas: number): Promise<IdMap> {
-    const kv = await new Kvm(nc).create(n.idBucket, { history: 1, replicas, description: 'regionsync: source id to target id per region' })
-    return new IdMap(kv, region)
+    return new IdMap(await RegionRecords.open(nc, n.idBucket, region, { replicas, description: 'regionsync: source id to target id per region' }))
   }
 
   async get (sourceId: string): Promise<string | null> {
     const cached = this.#cache.get(sourceId)
     if (cached !== undefined) return cached
-    const e = await this.#kv.get(this.#key(sourceId))
-    const target = e === null || e.operation !== 'PUT' ? null : e.string()
+    const target = await this.#records.get(sourceId)
     // Only hits are cached: a miss may be learnt by another instance a moment later.
     if (target !== null) this.#remember(sourceId, target)
     return target
   }
 
   async put (sourceId: string, targetId: string): Promise<void> {
-    await this.#kv.put(this.#key(sourceId), targetId)
+    await this.#records.put(sourceId, targetId)
     this.#remember(sourceId, targetId)
   }
 
@@ -56,9 +50,5 @@ export class IdMap {
   #remember (sourceId: string, targetId: string): void {
     if (this.#cache.size >= CACHE_LIMIT) this.#cache.delete(this.#cache.keys().next().value as string)
     this.#cache.set(sourceId, targetId)
-  }
-
-  #key (sourceId: string): string {
-    return `${this.#region}.${createHash('sha256').update(sourceId).digest('base64url').slice(0, 32)}`
   }
 }

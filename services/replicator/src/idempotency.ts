@@ -1,6 +1,5 @@
-import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { Names } from '@regionsync/shared'
+import { RegionRecords, type Names } from '@regionsync/shared'
 
 /** Kept a day longer than events, so no redelivery can outlive the record that it was applied. */
 export const APPLIED_TTL_MARGIN_MS = 86_400_000
@@ -11,34 +10,25 @@ export const APPLIED_TTL_MARGIN_MS = 86_400_000
  * two leaves the record, and the redelivery is acknowledged without a second replay.
  */
 export class AppliedLog {
-  readonly #kv: KV
-  readonly #region: string
+  readonly #records: RegionRecords
 
-  private constructor (kv: KV, region: string) {
-    this.#kv = kv
-    this.#region = region
+  private constructor (records: RegionRecords) {
+    this.#records = records
   }
 
   static async open (nc: NatsConnection, n: Names, region: string, streamMaxAgeMs: number, replicas: number): Promise<AppliedLog> {
-    const kv = await new Kvm(nc).create(n.appliedBucket, {
-      history: 1,
-      ttl: streamMaxAgeMs + APPLIED_TTL_MARGIN_MS,
+    return new AppliedLog(await RegionRecords.open(nc, n.appliedBucket, region, {
+      ttlMs: streamMaxAgeMs + APPLIED_TTL_MARGIN_MS,
       replicas,
       description: 'regionsync: event ids applied per region'
-    })
-    return new AppliedLog(kv, region)
+    }))
   }
 
   async has (eventId: string): Promise<boolean> {
-    const e = await this.#kv.get(this.#key(eventId))
-    return e !== null && e.operation === 'PUT'
+    return await this.#records.get(eventId) !== null
   }
 
   async record (eventId: string, status: number): Promise<void> {
-    await this.#kv.put(this.#key(eventId), JSON.stringify({ status, at: new Date().toISOString() }))
-  }
-
-  #key (eventId: string): string {
-    return `${this.#region}.${eventId.replace(/[^-\w]/g, '_')}`
+    await this.#records.put(eventId, JSON.stringify({ status, at: new Date().toISOString() }))
   }
 }
