@@ -2,26 +2,20 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
 import { names, regionLag } from '@regionsync/shared'
 import { Replicator, listDeadLetters, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { EventPublisher, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
-import { NatsServer, freePort } from './helpers/nats-server.js'
+import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type Script } from './helpers/target.js'
+import { useNats } from './helpers/harness.js'
 
 const BIN = fileURLToPath(new URL('../services/replicator/bin/regionsync.js', import.meta.url))
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
 /** Only what the test sets: no REGIONSYNC_* or NATS_URL leaks in from the shell running the tests. */
 function childEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -76,7 +70,7 @@ async function run (args: string[], env: NodeJS.ProcessEnv = childEnv(), timeout
 
 function start (args: string[], env: NodeJS.ProcessEnv = childEnv()): Command {
   const cmd = new Command(args, env)
-  cleanup.push(async () => {
+  h.defer(async () => {
     if (cmd.proc.exitCode === null && cmd.proc.signalCode === null) {
       cmd.proc.kill('SIGKILL')
       await cmd.exited
@@ -85,15 +79,11 @@ function start (args: string[], env: NodeJS.ProcessEnv = childEnv()): Command {
   return cmd
 }
 
-async function connection (): Promise<NatsConnection> {
-  const nc = await connect(nats.url)
-  cleanup.push(async () => await nc.close())
-  return nc
-}
+const connection = h.connection
 
 async function target (script?: Script): Promise<TestTarget> {
   const t = await TestTarget.start(script !== undefined ? { script } : {})
-  cleanup.push(async () => await t.close())
+  h.defer(async () => await t.close())
   return t
 }
 
@@ -102,7 +92,7 @@ async function replicator (region: string, namespace: string, targetUrl: string,
     region, target: targetUrl, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
     retry: { baseDelayMs: 50, maxDelayMs: 500 }, ...extra
   })
-  cleanup.push(async () => await r.close())
+  h.defer(async () => await r.close())
   return r
 }
 
@@ -114,7 +104,7 @@ async function get (port: number, path: string): Promise<{ status: number, body:
 
 describe('bad configuration', () => {
   const T = 'http://127.0.0.1:9'
-  const good = (): Record<string, string> => ({ '--region': 'eu', '--target': T, '--signing-key': SIGNING_KEY, '--nats': nats.url, '--metrics-port': '0' })
+  const good = (): Record<string, string> => ({ '--region': 'eu', '--target': T, '--signing-key': SIGNING_KEY, '--nats': h.nats.url, '--metrics-port': '0' })
   const argv = (flags: Record<string, string | undefined>, ...more: string[]): string[] =>
     ['replicate', ...Object.entries(flags).flatMap(([k, v]) => v === undefined ? [] : [k, v]), ...more]
 
@@ -152,7 +142,7 @@ describe('bad configuration', () => {
 describe('regionsync replicate', () => {
   it('a metrics port already in use exits non-zero with one line naming --metrics-port', async () => {
     const busy = await target()
-    const res = await run(['replicate', '--region', 'eu', '--target', busy.url, '--signing-key', SIGNING_KEY, '--nats', nats.url,
+    const res = await run(['replicate', '--region', 'eu', '--target', busy.url, '--signing-key', SIGNING_KEY, '--nats', h.nats.url,
       '--namespace', uniqueNamespace(), '--metrics-host', '127.0.0.1', '--metrics-port', String(busy.port)])
     expect(res.code).not.toBe(0)
     const lines = res.stderr.split('\n').filter((l) => l !== '')
@@ -164,7 +154,7 @@ describe('regionsync replicate', () => {
     const ns = uniqueNamespace()
     const t = await target()
     const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--signing-key', SIGNING_KEY, '--target-token', 'eu-token',
-      '--nats', nats.url, '--namespace', ns, '--metrics-port', '0'])
+      '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0'])
     const port = await cmd.metricsPort()
 
     expect(await get(port, '/healthz')).toMatchObject({ status: 200 })
@@ -197,7 +187,7 @@ describe('regionsync replicate', () => {
       REGIONSYNC_TARGET_TOKEN: 'ap-token',
       REGIONSYNC_METRICS_PORT: '0',
       REGIONSYNC_NAMESPACE: ns,
-      NATS_URL: nats.url
+      NATS_URL: h.nats.url
     }))
     const port = await cmd.metricsPort()
     const status = (await get(port, '/status')).body as { region: string, target: string, partitions: number }
@@ -219,7 +209,7 @@ describe('regionsync replicate', () => {
       REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
       REGIONSYNC_NAMESPACE: 'other',
       REGIONSYNC_METRICS_PORT: '1',
-      NATS_URL: nats.url
+      NATS_URL: h.nats.url
     }))
     const port = await cmd.metricsPort()
     const status = (await get(port, '/status')).body as { region: string, partitions: number }
@@ -245,7 +235,7 @@ describe('regionsync status', () => {
     const jsm = await jetstreamManager(nc)
     await waitFor('eu to catch up', async () => t.requests.length === 3 && (await regionLag(jsm, names(ns), 'eu', eu.partitions)).pending === 0)
 
-    const table = await run(['status', '--nats', nats.url, '--namespace', ns])
+    const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
     expect(table.code).toBe(0)
     const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
     expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'LAST ERROR'])
@@ -259,7 +249,7 @@ describe('regionsync status', () => {
     expect(eu0?.slice(0, 4)).toEqual(['eu', '1', '0', '0.0s'])
     expect(eu0?.[6]).toBe('closed')
 
-    const json = await run(['status', '--json'], childEnv({ NATS_URL: nats.url, REGIONSYNC_NAMESPACE: ns }))
+    const json = await run(['status', '--json'], childEnv({ NATS_URL: h.nats.url, REGIONSYNC_NAMESPACE: ns }))
     expect(json.code).toBe(0)
     const parsed = JSON.parse(json.stdout) as Array<{ region: string, pending: number, lagSeconds: number, oldestPendingAt: string | null, instances: Array<{ applied: number }> }>
     expect(parsed.map((r) => [r.region, r.pending, r.instances.length])).toEqual([['ap', 3, 0], ['eu', 0, 1]])
@@ -273,7 +263,7 @@ describe('regionsync status', () => {
 describe('regionsync dlq list', () => {
   it('prints the region\'s dead letters, or says there are none', async () => {
     const ns = uniqueNamespace()
-    const none = await run(['dlq', 'list', '--region', 'eu', '--nats', nats.url, '--namespace', ns])
+    const none = await run(['dlq', 'list', '--region', 'eu', '--nats', h.nats.url, '--namespace', ns])
     expect(none.code).toBe(0)
     expect(none.stdout.trim()).toBe('no dead letters for region eu')
 
@@ -285,19 +275,19 @@ describe('regionsync dlq list', () => {
     const jsm = await jetstreamManager(nc)
     await waitFor('the dead letter', async () => (await listDeadLetters(jsm, names(ns), 'eu')).length === 1)
 
-    const list = await run(['dlq', 'list', '--region', 'eu', '--nats', nats.url, '--namespace', ns])
+    const list = await run(['dlq', 'list', '--region', 'eu', '--nats', h.nats.url, '--namespace', ns])
     expect(list.code).toBe(0)
     const lines = list.stdout.trim().split('\n')
     expect(lines).toHaveLength(1)
     for (const part of ['rejected 422', event.id, 'PATCH /v3/users/7', 'user.name must not be empty']) expect(lines[0]).toContain(part)
 
-    const json = await run(['dlq', 'list', '--region', 'eu', '--json', '--nats', nats.url, '--namespace', ns])
+    const json = await run(['dlq', 'list', '--region', 'eu', '--json', '--nats', h.nats.url, '--namespace', ns])
     const letters = JSON.parse(json.stdout) as Array<Record<string, unknown>>
     expect(letters).toHaveLength(1)
     expect(letters[0]).toMatchObject({ region: 'eu', reason: 'rejected', status: 422, eventId: event.id })
     expect(letters[0]).not.toHaveProperty('payload')
 
-    const other = await run(['dlq', 'list', '--region', 'ap', '--nats', nats.url, '--namespace', ns])
+    const other = await run(['dlq', 'list', '--region', 'ap', '--nats', h.nats.url, '--namespace', ns])
     expect(other.stdout.trim()).toBe('no dead letters for region ap')
   })
 })

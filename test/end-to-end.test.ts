@@ -1,27 +1,16 @@
-import type { NatsConnection } from '@nats-io/transport-node'
 import { Replicator } from '@regionsync/replicator'
-import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest'
-import { NatsServer } from './helpers/nats-server.js'
-import { SIGNING_KEY, call, connect, silentLogger, startIdentityApi, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
+import { describe, expect, it } from 'vitest'
+import { SIGNING_KEY, call, silentLogger, startIdentityApi, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
+import { useNats } from './helpers/harness.js'
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
-async function connection (): Promise<NatsConnection> {
-  const nc = await connect(nats.url)
-  cleanup.push(async () => await nc.close())
-  return nc
-}
+const connection = h.connection
 
 async function api (region: string, namespace: string, token?: string): Promise<RunningApi> {
   const running = await startIdentityApi({ region, namespace, nc: await connection(), ...(token !== undefined ? { token } : {}) })
-  cleanup.push(async () => await running.app.close())
+  h.defer(async () => await running.app.close())
   return running
 }
 
@@ -30,7 +19,7 @@ async function replicator (region: string, target: string, namespace: string, to
     region, target, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
     ...(token !== undefined ? { targetToken: token } : {})
   })
-  cleanup.push(async () => await r.close())
+  h.defer(async () => await r.close())
   return r
 }
 

@@ -15,11 +15,12 @@ import {
 } from '@regionsync/shared'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { metricValue } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
-import { NatsServer, freePort } from './helpers/nats-server.js'
+import { SIGNING_KEY, silentLogger, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
+import { useNats } from './helpers/harness.js'
 
 /*
  * Issue 3: no write the client saw succeed is ever lost. Each proof drives real processes (the
@@ -29,24 +30,14 @@ import { TestTarget } from './helpers/target.js'
 
 const SERVER = fileURLToPath(new URL('../examples/dist/server.js', import.meta.url))
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
-async function connection (): Promise<NatsConnection> {
-  const nc = await connect(nats.url)
-  cleanup.push(async () => { if (!nc.isClosed()) await nc.close() })
-  return nc
-}
+const connection = h.connection
 
 async function tempDir (prefix: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
-  cleanup.push(async () => await rm(dir, { recursive: true, force: true }))
+  h.defer(async () => await rm(dir, { recursive: true, force: true }))
   return dir
 }
 
@@ -55,7 +46,7 @@ async function replicator (region: string, target: string, namespace: string, ex
     region, target, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
     retry: { baseDelayMs: 50, maxDelayMs: 500 }, ...extra
   })
-  cleanup.push(async () => await r.close())
+  h.defer(async () => await r.close())
   return r
 }
 
@@ -82,7 +73,7 @@ async function region (name: string, namespace: string, plugin: Partial<Regionsy
     region: name,
     regionsync: { region: name, connection: await connection(), signingKey: SIGNING_KEY, namespace, spool: { dir: spoolDir }, ...plugin }
   })
-  cleanup.push(async () => await app.close())
+  h.defer(async () => await app.close())
   const answered: Answered[] = []
   app.addHook('onResponse', async (req, reply) => {
     const key = req.headers[IDEMPOTENCY_KEY_HEADER]
@@ -259,13 +250,13 @@ async function sourceProcess (ns: string): Promise<ApiProcess> {
     REGION: 'us',
     HOST: '127.0.0.1',
     PORT: String(port),
-    NATS_URL: nats.url,
+    NATS_URL: h.nats.url,
     REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
     REGIONSYNC_NAMESPACE: ns,
     REGIONSYNC_SPOOL_DIR: join(await tempDir('regionsync-source-'), 'spool'),
     LOG_LEVEL: 'warn'
   })
-  cleanup.push(async () => await source.kill())
+  h.defer(async () => await source.kill())
   await source.start()
   return source
 }
@@ -307,12 +298,12 @@ describe('I1: kill -9 of the source API', () => {
     const source = await sourceProcess(ns)
 
     let views: ClientView[]
-    await nats.kill()
+    await h.nats.kill()
     try {
       views = await Promise.all(Array.from({ length: 4 }, async (_, k) => await writeUser(source.url, `s${k}`, 5)))
       await source.kill()
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(views.map((v) => v.answered)).toEqual([5, 5, 5, 5])
 
@@ -349,12 +340,12 @@ describe('I1: NATS outage', () => {
     })
 
     await sleep(1000)
-    await nats.kill()
+    await h.nats.kill()
     const sentBeforeKill = statuses.length
     try {
       await sleep(5000)
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(us.app.regionsync.spooled).toBeGreaterThan(0)
     await sleep(1000)
@@ -385,7 +376,7 @@ describe('I1: NATS outage', () => {
     let handled = 0
     const build = async (): Promise<FastifyInstance> => {
       const app = Fastify({ logger: false })
-      cleanup.push(async () => await app.close())
+      h.defer(async () => await app.close())
       await app.register(regionsync, { region: 'us', connection: await connection(), signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, publishTimeoutMs: 500 })
       app.post('/v3/things', async (_req, reply) => { handled++; return await reply.code(201).send({ id: `t${handled}` }) })
       return app
@@ -393,14 +384,14 @@ describe('I1: NATS outage', () => {
     const first = await build()
     await first.ready()
 
-    await nats.kill()
+    await h.nats.kill()
     let res
     try {
       res = await first.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json' }, payload: '{"name":"kept"}' })
       expect(first.regionsync.spooled).toBe(1)
       await first.close()
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(res.statusCode).toBe(201)
 
@@ -438,7 +429,7 @@ describe('non-JSON bodies', () => {
   it('binary, form and bodyless writes reach the target byte for byte', async () => {
     const ns = uniqueNamespace()
     const source = Fastify({ logger: false })
-    cleanup.push(async () => await source.close())
+    h.defer(async () => await source.close())
     await source.register(regionsync, { region: 'us', connection: await connection(), signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') } })
     source.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body))
     source.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, Object.fromEntries(new URLSearchParams(body as string))))
@@ -449,7 +440,7 @@ describe('non-JSON bodies', () => {
 
     const received: Array<{ method: string, url: string, contentType: string | undefined, body: Buffer | null }> = []
     const target = Fastify({ logger: false })
-    cleanup.push(async () => await target.close())
+    h.defer(async () => await target.close())
     for (const type of ['application/octet-stream', 'application/x-www-form-urlencoded']) {
       target.addContentTypeParser(type, { parseAs: 'buffer' }, (_req, body, done) => done(null, body))
     }
@@ -528,7 +519,7 @@ describe('I1: spool full while NATS is down', () => {
   async function spoolFullApp (options: Partial<RegionsyncPluginOptions>): Promise<{ app: FastifyInstance, handled: () => number }> {
     let handled = 0
     const app = Fastify({ logger: false })
-    cleanup.push(async () => await app.close())
+    h.defer(async () => await app.close())
     await app.register(regionsync, {
       region: 'us', connection: await connection(), signingKey: SIGNING_KEY, namespace: uniqueNamespace(),
       spool: { dir: await tempDir('regionsync-spool-'), maxEvents: 3 }, publishTimeoutMs: 500, ...options
@@ -541,13 +532,13 @@ describe('I1: spool full while NATS is down', () => {
 
   it('refuses the write that does not fit with 503 before its handler, counts it, and takes writes again once drained', async () => {
     const { app, handled } = await spoolFullApp({})
-    await nats.kill()
+    await h.nats.kill()
     let fits, refused
     try {
       fits = [await write(app), await write(app), await write(app)]
       refused = await write(app)
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(fits.map((r) => r.statusCode)).toEqual([201, 201, 201])
     expect(refused.statusCode).toBe(503)
@@ -564,12 +555,12 @@ describe('I1: spool full while NATS is down', () => {
 
   it('with whenSpoolFull allow-unreplicated, lets the write through and counts it as unreplicated', async () => {
     const { app, handled } = await spoolFullApp({ whenSpoolFull: 'allow-unreplicated' })
-    await nats.kill()
+    await h.nats.kill()
     let statuses
     try {
       statuses = [await write(app), await write(app), await write(app), await write(app)].map((r) => r.statusCode)
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(statuses).toEqual([201, 201, 201, 201])
     expect(handled()).toBe(4)
@@ -585,7 +576,7 @@ describe('I4: replay guard', () => {
     const ns = uniqueNamespace()
     let handled = 0
     const app = Fastify({ logger: false })
-    cleanup.push(async () => await app.close())
+    h.defer(async () => await app.close())
     const nc = await connection()
     await app.register(regionsync, { region: 'eu', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') } })
     app.post('/v3/users', async (_req, reply) => {
@@ -627,7 +618,7 @@ describe('I4: replay guard', () => {
     const s = await guarded(async () => {
       if (down) return
       down = true
-      await nats.kill()
+      await h.nats.kill()
     })
     const replay = replayer(s.url)
     let first, during
@@ -638,11 +629,11 @@ describe('I4: replay guard', () => {
       // The same event again while the first is still waiting on its record (a replicator that timed out).
       during = await replay()
       await sleep(500)
-      await nats.restart()
+      await h.nats.restart()
       restarted = true
       first = await pending
     } finally {
-      if (!restarted) await nats.restart()
+      if (!restarted) await h.nats.restart()
     }
     expect(during.status).toBe(429)
     expect(first).toEqual({ status: 201, type: 'application/json; charset=utf-8', body: '{"user":{"id":"u7","applied":1}}' })
@@ -658,7 +649,7 @@ describe('I5: forwarded headers', () => {
     const encryptionKey = randomBytes(32).toString('hex')
     const secret = `caller-token-${randomBytes(8).toString('hex')}`
     const source = Fastify({ logger: false })
-    cleanup.push(async () => await source.close())
+    h.defer(async () => await source.close())
     const nc = await connection()
     await source.register(regionsync, {
       region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') },
@@ -677,9 +668,9 @@ describe('I5: forwarded headers', () => {
     expect(only!.event.sealedHeaders).not.toBeNull()
 
     const eu = await TestTarget.start()
-    cleanup.push(async () => await eu.close())
+    h.defer(async () => await eu.close())
     const ap = await TestTarget.start()
-    cleanup.push(async () => await ap.close())
+    h.defer(async () => await ap.close())
     await replicator('eu', eu.url, ns, { encryptionKey, targetToken: 'eu-region-token' })
     await replicator('ap', ap.url, ns)
 

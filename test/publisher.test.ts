@@ -12,18 +12,12 @@ import {
 } from '@regionsync/shared'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from './helpers/nats-server.js'
-import { SIGNING_KEY, connect, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { describe, expect, it } from 'vitest'
+import { SIGNING_KEY, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { useNats } from './helpers/harness.js'
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
 const signer = createSigner(SIGNING_KEY)
 
@@ -43,11 +37,7 @@ interface Setup {
   published: () => Promise<Published[]>
 }
 
-async function connection (): Promise<NatsConnection> {
-  const nc = await connect(nats.url)
-  cleanup.push(async () => { if (!nc.isClosed()) await nc.close() })
-  return nc
-}
+const connection = h.connection
 
 /**
  * A fresh Fastify app with the plugin registered on a unique namespace; `routes` runs after the
@@ -57,10 +47,10 @@ async function setup (routes: (app: FastifyInstance) => void, options: Partial<R
   const nc = await connection()
   const ns = uniqueNamespace()
   const app = Fastify({ logger: false })
-  cleanup.push(async () => await app.close())
+  h.defer(async () => await app.close())
   before?.(app)
   const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
-  cleanup.push(async () => await rm(spoolDir, { recursive: true, force: true }))
+  h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
   await app.register(regionsync, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
   routes(app)
   await app.ready()
@@ -88,7 +78,7 @@ async function only (s: Setup): Promise<Published> {
 async function registerError (options: Partial<RegionsyncPluginOptions>, routes?: (app: FastifyInstance) => void): Promise<unknown> {
   const nc = await connection()
   const app = Fastify({ logger: false })
-  cleanup.push(async () => await app.close().catch(() => undefined))
+  h.defer(async () => await app.close().catch(() => undefined))
   try {
     await app.register(regionsync, { connection: nc, namespace: uniqueNamespace(), ...options } as RegionsyncPluginOptions)
     routes?.(app)
@@ -447,13 +437,13 @@ describe('publisher: limits and failures', () => {
     const write = async (method = 'POST', url = '/v3/things') => await s.app.inject({ method: method as 'POST', url, headers: { 'content-type': 'application/json' }, payload: '{}' })
     expect((await write()).statusCode).toBe(201)
 
-    await nats.kill()
+    await h.nats.kill()
     let during: Array<{ statusCode: number }>
     try {
       during = [await write(), await write('PATCH', '/v3/things/t1'), await write('PATCH', '/v3/things/t2')]
       expect(s.app.regionsync.spooled).toBe(3)
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(during.map((r) => r.statusCode)).toEqual([201, 200, 200])
     await waitFor('the spool to drain', () => s.app.regionsync.spooled === 0, 15_000)
@@ -470,12 +460,12 @@ describe('publisher: limits and failures', () => {
     const write = async () => await s.app.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json' }, payload: '{}' })
     expect((await write()).statusCode).toBe(201)
 
-    await nats.kill()
+    await h.nats.kill()
     let down
     try {
       down = await write()
     } finally {
-      await nats.restart()
+      await h.nats.restart()
     }
     expect(down.statusCode).toBe(503)
     expect(down.headers['retry-after']).toBe('1')

@@ -7,11 +7,12 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { DEFAULT_PARTITIONS, names, partitionOf, regionLag, type RegionsyncEvent } from '@regionsync/shared'
 import { DEFAULT_SHUTDOWN_GRACE_MS, Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
 import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { NatsServer } from './helpers/nats-server.js'
 import { TestTarget, type ReceivedRequest, type Script } from './helpers/target.js'
+import { useNats } from './helpers/harness.js'
 
 /*
  * Issue 4's claims, each checked the way an operator would see it: the target's state and the
@@ -23,26 +24,20 @@ const BIN = fileURLToPath(new URL('../services/replicator/bin/regionsync.js', im
 /** Every stream here is made with the default partition count. */
 const PARTITIONS = DEFAULT_PARTITIONS
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
-async function connection (url = nats.url): Promise<NatsConnection> {
+async function connection (url = h.nats.url): Promise<NatsConnection> {
   const nc = await connect(url)
-  cleanup.push(async () => await nc.close())
+  h.defer(async () => await nc.close())
   return nc
 }
 
 async function target (script?: Script): Promise<TestTarget> {
   const t = await TestTarget.start(script !== undefined ? { script } : {})
-  cleanup.push(async () => await t.close())
+  h.defer(async () => await t.close())
   return t
 }
 
@@ -57,7 +52,7 @@ async function replicator (region: string, namespace: string, targetUrl: string,
     retry: { baseDelayMs: 50, maxDelayMs: 500 },
     ...extra
   })
-  cleanup.push(async () => await r.close())
+  h.defer(async () => await r.close())
   return r
 }
 
@@ -154,11 +149,11 @@ class Child {
 
 function startChild (args: string[]): Child {
   const child = new Child(args)
-  cleanup.push(async () => await child.kill())
+  h.defer(async () => await child.kill())
   return child
 }
 
-function replicateArgs (region: string, targetUrl: string, namespace: string, natsUrl = nats.url): string[] {
+function replicateArgs (region: string, targetUrl: string, namespace: string, natsUrl = h.nats.url): string[] {
   return ['replicate', '--region', region, '--target', targetUrl, '--nats', natsUrl, '--signing-key', SIGNING_KEY,
     '--namespace', namespace, '--metrics-port', '0', '--metrics-host', '127.0.0.1']
 }
@@ -233,7 +228,7 @@ class StoreTarget {
       t.#server.once('error', reject)
       t.#server.listen(0, '127.0.0.1', () => resolve())
     })
-    cleanup.push(async () => await t.close())
+    h.defer(async () => await t.close())
     return t
   }
 
@@ -414,7 +409,7 @@ describe('chaos: 4 instances per region, one killed -9 every 1-2 s', () => {
     const progress = setInterval(() => {
       timeline.push(`${((Date.now() - startedAt) / 1000).toFixed(0)}s: published ${published}, kills ${kills}, applied eu ${targets.eu.applied} ap ${targets.ap.applied}`)
     }, 1000)
-    cleanup.push(async () => clearInterval(progress))
+    h.defer(async () => clearInterval(progress))
     try {
       // Windows of publishes in flight at once, never two of one key in a window, so each key's
       // events reach the stream in plan order; paced to last at least PUBLISH_MS, so that the
@@ -468,7 +463,7 @@ describe('chaos: 4 instances per region, one killed -9 every 1-2 s', () => {
 
     // What `regionsync status` shows the operator: every live instance, nothing pending, no dead letters.
     await Promise.all(children.map(async ({ child }) => await child.metricsPort(30_000)))
-    const status = await run(['status', '--json', '--nats', nats.url, '--namespace', ns, '--wait-ms', '1500'])
+    const status = await run(['status', '--json', '--nats', h.nats.url, '--namespace', ns, '--wait-ms', '1500'])
     expect(status.code).toBe(0)
     const rows = JSON.parse(status.stdout) as Array<{ region: string, instances: unknown[], pending: number, deadLetters: number, breaker: string }>
     expect(rows.map((r) => [r.region, r.instances.length, r.pending, r.deadLetters, r.breaker])).toEqual([
@@ -497,7 +492,7 @@ describe('circuit breaker', () => {
     const r = await replicator('eu', ns, t.url, { breaker: { failureThreshold: 3, openMs: 500, maxOpenMs: 2000 } })
     await replicator('ap', ns, control.url, { breaker: { failureThreshold: 1_000_000 } })
     const server = await startMetricsServer(r, 0, '127.0.0.1', silentLogger)
-    cleanup.push(async () => await server.close())
+    h.defer(async () => await server.close())
     const base = `http://127.0.0.1:${server.port}`
 
     const samples: Array<{ at: number, breaker: string, open: number }> = []
@@ -547,7 +542,7 @@ describe('circuit breaker', () => {
 
 describe('poison event', () => {
   const dlq = async (ns: string, ...more: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> =>
-    await run(['dlq', ...more, '--region', 'eu', '--nats', nats.url, '--namespace', ns])
+    await run(['dlq', ...more, '--region', 'eu', '--nats', h.nats.url, '--namespace', ns])
 
   it('a 422 is dead-lettered with its reason while later events go on; once fixed, `regionsync dlq replay` applies it and `dlq list` is empty', async () => {
     const ns = uniqueNamespace()
@@ -763,7 +758,7 @@ describe('lifecycle', () => {
 
   it('/readyz is 503 while NATS is down and 200 once it is back, and events flow again', async () => {
     const own = await NatsServer.start()
-    cleanup.push(async () => await own.stop())
+    h.defer(async () => await own.stop())
     const ns = uniqueNamespace()
     const t = await target()
     const child = startChild(replicateArgs('eu', t.url, ns, own.url))

@@ -1,37 +1,27 @@
 import { randomBytes } from 'node:crypto'
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
 import { createSigner, encodeEvent, names, regionLag, type RegionsyncEvent } from '@regionsync/shared'
 import { Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
-import { NatsServer, freePort } from './helpers/nats-server.js'
+import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type Script } from './helpers/target.js'
+import { useNats } from './helpers/harness.js'
 
 const REGION = 'eu'
 const TOKEN = 'eu-region-secret'
 const OTHER_KEY = randomBytes(32).toString('hex')
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
+const h = useNats()
 
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
 
-async function connection (): Promise<NatsConnection> {
-  const nc = await connect(nats.url)
-  cleanup.push(async () => await nc.close())
-  return nc
-}
+const connection = h.connection
 
 async function target (script?: Script, port?: number): Promise<TestTarget> {
   const t = await TestTarget.start({ ...(script !== undefined ? { script } : {}), ...(port !== undefined ? { port } : {}) })
-  cleanup.push(async () => await t.close())
+  h.defer(async () => await t.close())
   return t
 }
 
@@ -47,7 +37,7 @@ async function replicator (namespace: string, targetUrl: string, extra: Partial<
     retry: { baseDelayMs: 50, maxDelayMs: 500 },
     ...extra
   })
-  cleanup.push(async () => await r.close())
+  h.defer(async () => await r.close())
   return r
 }
 
@@ -372,7 +362,7 @@ describe('observability', () => {
   it('the metrics server serves /metrics, /status, /healthz and /readyz', async () => {
     const s = await setup()
     const server = await startMetricsServer(s.r, 0, '127.0.0.1', silentLogger)
-    cleanup.push(async () => await server.close())
+    h.defer(async () => await server.close())
     const base = `http://127.0.0.1:${server.port}`
     const event = newEvent()
     await s.pub.publish(event)

@@ -4,36 +4,27 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
 import regionsync from '@regionsync/publisher'
 import { EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, eventBody, names, type RegionsyncEvent } from '@regionsync/shared'
 // Resolved from test/fastify4, whose package pins Fastify 4: the plugin must work on both majors.
 import Fastify, { type FastifyInstance } from 'fastify'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
-import { SIGNING_KEY, connect, uniqueNamespace } from '../helpers/fixtures.js'
+import { describe, expect, it } from 'vitest'
+import { SIGNING_KEY, uniqueNamespace } from '../helpers/fixtures.js'
+import { useNats } from '../helpers/harness.js'
 
 const FASTIFY_VERSION = (createRequire(import.meta.url)('fastify/package.json') as { version: string }).version
 
-let nats: NatsServer
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => { await nats.stop() })
-
-const cleanup: Array<() => Promise<unknown>> = []
-afterEach(async () => {
-  for (const fn of cleanup.splice(0).reverse()) await fn()
-})
+const h = useNats()
 
 interface Published { event: RegionsyncEvent, data: Uint8Array, signature: string | undefined, msgId: string | undefined }
 
 async function setup (routes: (app: FastifyInstance) => void, options: { maxBodyBytes?: number } = {}): Promise<{ app: FastifyInstance, published: () => Promise<Published[]> }> {
-  const nc: NatsConnection = await connect(nats.url)
-  cleanup.push(async () => await nc.close())
+  const nc = await h.connection()
   const ns = uniqueNamespace()
   const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
-  cleanup.push(async () => await rm(spoolDir, { recursive: true, force: true }))
+  h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
   const app = Fastify({ logger: false })
-  cleanup.push(async () => await app.close())
+  h.defer(async () => await app.close())
   // In this monorepo the plugin's declarations see the root's Fastify 5; an installed app's see its
   // own Fastify (a peer dependency). What runs here is the plugin on Fastify 4.
   await app.register(regionsync as never, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
