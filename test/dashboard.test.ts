@@ -9,7 +9,7 @@ import { chromium, type BrowserContext } from 'playwright-core'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { EventPublisher, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { NatsServer, freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
 
@@ -35,16 +35,7 @@ async function connection (): Promise<NatsConnection> {
 }
 
 async function replicator (namespace: string, region: string, target: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
-  const r = await Replicator.start({
-    region,
-    target,
-    signingKey: SIGNING_KEY,
-    connection: await connection(),
-    logger: silentLogger,
-    namespace,
-    retry: { baseDelayMs: 50, maxDelayMs: 500 },
-    ...extra
-  })
+  const r = await startReplicator(await connection(), { region, namespace, target, ...extra })
   cleanup.push(async () => await r.close())
   return r
 }

@@ -9,7 +9,7 @@ import { DEFAULT_SHUTDOWN_GRACE_MS, Replicator, listDeadLetters, startMetricsSer
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { NatsServer } from './helpers/nats-server.js'
 import { TestTarget, type ReceivedRequest, type Script } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
@@ -42,16 +42,7 @@ async function target (script?: Script): Promise<TestTarget> {
 }
 
 async function replicator (region: string, namespace: string, targetUrl: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
-  const r = await Replicator.start({
-    region,
-    target: targetUrl,
-    signingKey: SIGNING_KEY,
-    connection: await connection(),
-    logger: silentLogger,
-    namespace,
-    retry: { baseDelayMs: 50, maxDelayMs: 500 },
-    ...extra
-  })
+  const r = await startReplicator(await connection(), { region, namespace, target: targetUrl, ...extra })
   h.defer(async () => await r.close())
   return r
 }

@@ -5,7 +5,7 @@ import { Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type Script } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
@@ -26,17 +26,7 @@ async function target (script?: Script, port?: number): Promise<TestTarget> {
 }
 
 async function replicator (namespace: string, targetUrl: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
-  const r = await Replicator.start({
-    region: REGION,
-    target: targetUrl,
-    targetToken: TOKEN,
-    signingKey: SIGNING_KEY,
-    connection: await connection(),
-    logger: silentLogger,
-    namespace,
-    retry: { baseDelayMs: 50, maxDelayMs: 500 },
-    ...extra
-  })
+  const r = await startReplicator(await connection(), { region: REGION, namespace, target: targetUrl, targetToken: TOKEN, ...extra })
   h.defer(async () => await r.close())
   return r
 }

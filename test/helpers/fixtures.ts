@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
+import { Replicator, type ReplicatorOptions } from '@regionsync/replicator'
 import { connectNats, createLogger, type Logger } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
@@ -68,4 +69,12 @@ export async function waitFor<T> (what: string, fn: () => Promise<T | undefined 
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   throw new Error(`timed out waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`)
+}
+
+/** A replicator with the tests' signing key, a silent logger and a fast retry schedule. */
+export async function startReplicator (
+  connection: NatsConnection,
+  options: Pick<ReplicatorOptions, 'region' | 'namespace' | 'target'> & Partial<ReplicatorOptions>
+): Promise<Replicator> {
+  return await Replicator.start({ signingKey: SIGNING_KEY, logger: silentLogger, retry: { baseDelayMs: 50, maxDelayMs: 500 }, connection, ...options })
 }
