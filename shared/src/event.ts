@@ -72,7 +72,7 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
   const body = input.body ?? null
   // Text travels as text unless JSON escaping would make it larger than base64: an event's size
   // must stay within 4/3 of the body's, which is what the publisher's body limit counts on.
-  const utf8 = body === null || (isUtf8(body) && Buffer.byteLength(JSON.stringify(body.toString('utf8'))) - 2 <= Math.ceil(body.length / 3) * 4)
+  const utf8 = body === null || (isUtf8(body) && jsonEscapedLength(body) <= Math.ceil(body.length / 3) * 4)
   return {
     v: EVENT_VERSION,
     id: input.id ?? randomUUID(),
@@ -90,6 +90,21 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
     idSegments: input.idSegments ?? [],
     created: input.created ?? null
   }
+}
+
+/**
+ * Bytes UTF-8 text takes inside a JSON string: `"` and `\\` and the short escapes (\b \t \n \f
+ * \r) take two, other control characters six (\u00XX), everything else, multi-byte sequences
+ * included, itself. One pass over the bytes, instead of stringifying the body to measure it.
+ */
+function jsonEscapedLength (body: Buffer): number {
+  let n = body.length
+  for (let i = 0; i < body.length; i++) {
+    const b = body[i] as number
+    if (b === 0x22 || b === 0x5c) n += 1
+    else if (b < 0x20) n += (b === 0x08 || b === 0x09 || b === 0x0a || b === 0x0c || b === 0x0d) ? 1 : 5
+  }
+  return n
 }
 
 /** The request body as bytes, exactly as the client sent it. */
