@@ -1,6 +1,5 @@
-import type { JetStreamClient } from '@nats-io/jetstream'
-import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
-import { EVENT_SIGNATURE_HEADER } from '@regionsync/shared'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { AckedPublisher, EVENT_SIGNATURE_HEADER } from '@regionsync/shared'
 import type { FastifyBaseLogger } from 'fastify'
 import { PublishError } from './errors.js'
 import type { PublisherMetrics } from './metrics.js'
@@ -36,7 +35,7 @@ export interface Admission {
 export class EventPublisher {
   readonly #s: EventPublisherSettings
   readonly #nc: NatsConnection
-  readonly #js: JetStreamClient
+  readonly #acks: AckedPublisher
   readonly #spool: Spool | null
   readonly #metrics: PublisherMetrics
   readonly #log: FastifyBaseLogger
@@ -46,10 +45,10 @@ export class EventPublisher {
   #drainTimer: NodeJS.Timeout | null = null
   #closed = false
 
-  constructor (s: EventPublisherSettings, nc: NatsConnection, js: JetStreamClient, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
+  constructor (s: EventPublisherSettings, nc: NatsConnection, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
     this.#s = s
     this.#nc = nc
-    this.#js = js
+    this.#acks = new AckedPublisher(nc)
     this.#spool = spool
     this.#metrics = metrics
     this.#log = log
@@ -134,11 +133,13 @@ export class EventPublisher {
   }
 
   async #publish (event: SpooledEvent): Promise<void> {
-    const h = natsHeaders()
-    h.set(EVENT_SIGNATURE_HEADER, event.signature)
     const started = process.hrtime.bigint()
     try {
-      await this.#js.publish(event.subject, event.data, { msgID: event.msgId, headers: h, timeout: this.#s.publishTimeoutMs })
+      await this.#acks.publish(event.subject, event.data, {
+        msgId: event.msgId,
+        timeoutMs: this.#s.publishTimeoutMs,
+        headers: { [EVENT_SIGNATURE_HEADER]: event.signature }
+      })
     } catch (err) {
       throw new PublishError('JetStream did not acknowledge the event', { cause: err })
     }
@@ -185,6 +186,7 @@ export class EventPublisher {
     this.#closed = true
     if (this.#drainTimer !== null) clearTimeout(this.#drainTimer)
     await this.#draining
+    this.#acks.close()
     await this.#spool?.close()
   }
 }

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstreamManager } from '@nats-io/jetstream'
 import {
   DEFAULT_MAX_AGE_MS, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
   connectNats, createEvent, createSigner, encodeEvent, ensureEventStream, names, parseStreamSettings, partitionOf,
@@ -88,8 +88,10 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   const settings = parseStreamSettings(o.stream)
   try {
     const jsm = await jetstreamManager(nc)
-    partitions = (await ensureEventStream(nc, jsm, n, settings)).partitions
-    if (o.replayGuard) guard = await ReplayGuard.open(nc, n, o.region, (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, settings.replicas)
+    const stream = await ensureEventStream(nc, jsm, n, settings)
+    partitions = stream.partitions
+    // As many replicas as the stream has, whichever process made it.
+    if (o.replayGuard) guard = await ReplayGuard.open(nc, n, o.region, (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, stream.replicas)
     const serverLimit = Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
     if (o.maxBodyBytes !== undefined && o.maxBodyBytes > serverLimit) {
       throw new InvalidOptionError('maxBodyBytes', `expects at most ${serverLimit} bytes, the largest body an event can carry on this NATS server (max_payload ${serverMaxPayload(nc)})`)
@@ -103,7 +105,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   const metrics = createPublisherMetrics(o.registry)
   const publisher = new EventPublisher(
     { region: o.region, publishTimeoutMs: o.publishTimeoutMs, maxInFlight: o.maxInFlight, whenSpoolFull: o.whenSpoolFull },
-    nc, jetstream(nc), spool, metrics, app.log)
+    nc, spool, metrics, app.log)
   const events = new EventBuilder(o, n, signer, partitions)
   /** Event ids of replays between their replay-record lookup and their recorded answer. */
   const replaysInFlight = new Set<string>()
