@@ -1,6 +1,9 @@
 import { createHash } from 'node:crypto'
-import { Kvm, type KV } from '@nats-io/kv'
+import { Kvm } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { ErrorCode, RegionsyncError } from './errors.js'
+import { InboxClient } from './inbox-client.js'
+import { retryTimeouts } from './stream-setup.js'
 
 export interface RegionRecordsSettings {
   /** How long a record lives; none when undefined. */
@@ -10,6 +13,9 @@ export interface RegionRecordsSettings {
 }
 
 const SAFE_ID_RE = /^[-\w]{1,128}$/
+const EMPTY = new Uint8Array(0)
+/** Gets and puts are on the replicator's per-event path; past this NATS is taken for gone. */
+const TIMEOUT_MS = 5000
 
 /**
  * One region's records in a JetStream KV bucket shared by every region: keys are
@@ -17,35 +23,49 @@ const SAFE_ID_RE = /^[-\w]{1,128}$/
  * KV tokens are hashed.
  */
 export class RegionRecords {
-  readonly #kv: KV
+  readonly #inbox: InboxClient
+  readonly #bucket: string
   readonly #region: string
 
-  private constructor (kv: KV, region: string) {
-    this.#kv = kv
+  private constructor (inbox: InboxClient, bucket: string, region: string) {
+    this.#inbox = inbox
+    this.#bucket = bucket
     this.#region = region
   }
 
+  /**
+   * Creates the bucket if needed (with direct get on, as nats.js makes KV buckets), then reads and
+   * writes its keys straight through the KV subjects and JetStream's direct get.
+   */
   static async open (nc: NatsConnection, bucket: string, region: string, s: RegionRecordsSettings): Promise<RegionRecords> {
-    const kv = await new Kvm(nc).create(bucket, {
+    await new Kvm(nc).create(bucket, {
       history: 1,
       replicas: s.replicas,
       description: s.description,
       ...(s.ttlMs !== undefined ? { ttl: s.ttlMs } : {})
     })
-    return new RegionRecords(kv, region)
+    return new RegionRecords(new InboxClient(nc), bucket, region)
   }
 
   /** The record's value, or null when there is none (or it was deleted). */
   async get (id: string): Promise<string | null> {
-    const e = await this.#kv.get(this.#key(id))
-    return e === null || e.operation !== 'PUT' ? null : e.string()
+    const msg = await this.#inbox.request(`$JS.API.DIRECT.GET.KV_${this.#bucket}.${this.#subject(id)}`, EMPTY, TIMEOUT_MS)
+    const code = msg.headers?.code ?? 0
+    if (code === 404) return null
+    if (code >= 300) throw new RegionsyncError(ErrorCode.Publish, `KV ${this.#bucket} answered ${code} ${msg.headers?.description ?? ''}`.trimEnd())
+    const op = msg.headers?.get('KV-Operation')
+    return op === 'DEL' || op === 'PURGE' ? null : msg.string()
   }
 
   async put (id: string, value: string): Promise<void> {
-    await this.#kv.put(this.#key(id), value)
+    await this.#inbox.publish(this.#subject(id), Buffer.from(value), { timeoutMs: TIMEOUT_MS })
   }
 
-  #key (id: string): string {
-    return `${this.#region}.${SAFE_ID_RE.test(id) ? id : createHash('sha256').update(id).digest('base64url').slice(0, 43)}`
+  close (): void {
+    this.#inbox.close()
+  }
+
+  #subject (id: string): string {
+    return `$KV.${this.#bucket}.${this.#region}.${SAFE_ID_RE.test(id) ? id : createHash('sha256').update(id).digest('base64url').slice(0, 43)}`
   }
 }

@@ -1,5 +1,5 @@
 import type { NatsConnection } from '@nats-io/transport-node'
-import { AckedPublisher, EVENT_SIGNATURE_HEADER } from '@regionsync/shared'
+import { InboxClient, EVENT_SIGNATURE_HEADER } from '@regionsync/shared'
 import type { FastifyBaseLogger } from 'fastify'
 import { PublishError } from './errors.js'
 import type { PublisherMetrics } from './metrics.js'
@@ -35,7 +35,7 @@ export interface Admission {
 export class EventPublisher {
   readonly #s: EventPublisherSettings
   readonly #nc: NatsConnection
-  readonly #acks: AckedPublisher
+  readonly #acks: InboxClient
   readonly #spool: Spool | null
   readonly #metrics: PublisherMetrics
   readonly #log: FastifyBaseLogger
@@ -48,7 +48,7 @@ export class EventPublisher {
   constructor (s: EventPublisherSettings, nc: NatsConnection, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
     this.#s = s
     this.#nc = nc
-    this.#acks = new AckedPublisher(nc)
+    this.#acks = new InboxClient(nc)
     this.#spool = spool
     this.#metrics = metrics
     this.#log = log

@@ -261,6 +261,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   app.addHook('preClose', async () => { closing = true })
   app.addHook('onClose', async () => {
     await publisher.close()
+    guard?.close()
     if (o.connection === undefined && !nc.isClosed()) await nc.drain()
   })
 }

@@ -36,4 +36,8 @@ export class ReplayGuard {
   async record (eventId: string, answer: RecordedAnswer): Promise<void> {
     await this.#records.put(eventId, JSON.stringify(answer))
   }
+
+  close (): void {
+    this.#records.close()
+  }
 }

@@ -51,4 +51,8 @@ export class IdMap {
     if (this.#cache.size >= CACHE_LIMIT) this.#cache.delete(this.#cache.keys().next().value as string)
     this.#cache.set(sourceId, targetId)
   }
+
+  close (): void {
+    this.#records.close()
+  }
 }

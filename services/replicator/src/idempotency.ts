@@ -31,4 +31,8 @@ export class AppliedLog {
   async record (eventId: string, status: number): Promise<void> {
     await this.#records.put(eventId, JSON.stringify({ status, at: new Date().toISOString() }))
   }
+
+  close (): void {
+    this.#records.close()
+  }
 }
