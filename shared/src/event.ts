@@ -154,6 +154,17 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
       !Object.values(e.headers).every((v) => typeof v === 'string')) {
     throw new MalformedEventError('headers must be an object of strings')
   }
+  // id, origin, content type and headers become request headers of the replay. One that cannot
+  // be sent would be retried forever, holding its partition; one that frames or routes the
+  // request would let an event change where or how it lands.
+  for (const field of ['id', 'origin', 'contentType'] as const) {
+    if (typeof e[field] === 'string' && CONTROL_RE.test(e[field])) throw new MalformedEventError(`${field} holds a control character`)
+  }
+  for (const [name, value] of Object.entries(e.headers as Record<string, string>)) {
+    if (!HEADER_NAME_RE.test(name)) throw new MalformedEventError(`header name ${JSON.stringify(name.slice(0, 64))} is not a lower-case HTTP token`)
+    if (RESERVED_HEADERS.has(name)) throw new MalformedEventError(`header ${name} frames or routes the request; an event may not set it`)
+    if (CONTROL_RE.test(value)) throw new MalformedEventError(`header ${name} holds a control character`)
+  }
   // Optional: events written before forwarded headers existed have no such field.
   e.sealedHeaders ??= null
   strOrNull(e, 'sealedHeaders')
@@ -170,6 +181,12 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
   }
   return e as unknown as RegionsyncEvent
 }
+
+// eslint-disable-next-line no-control-regex
+const CONTROL_RE = /[\u0000-\u0008\u000a-\u001f\u007f]/
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9a-z-]+$/
+/** Headers the replay's own connection and framing decide. */
+const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'expect', 'te', 'trailer'])
 
 function str (e: Record<string, unknown>, field: string, allowEmpty = false): void {
   const v = e[field]

@@ -38,12 +38,9 @@ export class RegionRecords {
    * writes its keys straight through the KV subjects and JetStream's direct get.
    */
   static async open (nc: NatsConnection, bucket: string, region: string, s: RegionRecordsSettings): Promise<RegionRecords> {
-    await new Kvm(nc).create(bucket, {
-      history: 1,
-      replicas: s.replicas,
-      description: s.description,
-      ...(s.ttlMs !== undefined ? { ttl: s.ttlMs } : {})
-    })
+    const config = { history: 1, replicas: s.replicas, description: s.description, ...(s.ttlMs !== undefined ? { ttl: s.ttlMs } : {}) }
+    // Every process creates the bucket; see retryTimeouts for why that can time out.
+    await retryTimeouts(async () => await new Kvm(nc).create(bucket, config))
     return new RegionRecords(new InboxClient(nc), bucket, region)
   }
 

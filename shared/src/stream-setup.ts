@@ -2,7 +2,7 @@ import {
   AckPolicy, DeliverPolicy, DiscardPolicy, JetStreamApiError, RetentionPolicy, StorageType, StoreCompression,
   type ConsumerConfig, type JetStreamManager, type StreamConfig
 } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { TimeoutError, type NatsConnection } from '@nats-io/transport-node'
 import { ErrorCode, InvalidOptionError, RegionsyncError } from './errors.js'
 import { DEFAULT_PARTITIONS, MAX_PARTITIONS, type Names } from './names.js'
 import { requireServerFeature } from './nats.js'
@@ -47,6 +47,12 @@ const ms = (n: number): number => n * 1_000_000
 
 export interface EventStreamInfo {
   partitions: number
+  /**
+   * Replicas the stream has, which may not be what this process asked for (whoever made it first
+   * decided). The dead-letter stream and the KV buckets are opened with these, so they survive the
+   * loss of a server whenever the events do.
+   */
+  replicas: number
 }
 
 /**
@@ -80,7 +86,7 @@ export async function ensureEventStream (nc: NatsConnection, jsm: JetStreamManag
     throw new RegionsyncError(ErrorCode.StreamMismatch,
       `stream ${n.eventStream} has ${existing} partitions, ${settings.partitions} were asked for; partitions cannot change on a running stream without breaking order`)
   }
-  return { partitions: existing }
+  return { partitions: existing, replicas: info.config.num_replicas }
 }
 
 /** Partition count of an existing event stream; null when there is none yet. */
@@ -107,7 +113,29 @@ export async function ensureDlqStream (jsm: JetStreamManager, n: Names, replicas
   })
 }
 
+/** Attempts at making or finding a stream or consumer whose requests time out. */
+const CREATE_ATTEMPTS = 3
+
+/**
+ * Processes starting at once all make the same streams and consumers. On a clustered 2.9 server,
+ * while another's add is still being set up, both our look and our add may get no answer at all
+ * (measured with three servers and four replicators): asked again, it is there.
+ */
+export async function retryTimeouts<T> (fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (!(err instanceof TimeoutError) || attempt === CREATE_ATTEMPTS) throw err
+    }
+  }
+}
+
 async function addOrGet (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
+  return await retryTimeouts(async () => await addOrGetOnce(jsm, config))
+}
+
+async function addOrGetOnce (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
   const name = config.name
   try {
     return await jsm.streams.info(name)
@@ -159,6 +187,10 @@ export interface PartitionConsumer {
 }
 
 export async function ensurePartitionConsumer (jsm: JetStreamManager, n: Names, s: PartitionConsumerSettings): Promise<PartitionConsumer> {
+  return await retryTimeouts(async () => await ensurePartitionConsumerOnce(jsm, n, s))
+}
+
+async function ensurePartitionConsumerOnce (jsm: JetStreamManager, n: Names, s: PartitionConsumerSettings): Promise<PartitionConsumer> {
   const name = n.consumer(s.region, s.partition)
   const filter = n.partitionFilter(s.partition)
   let info

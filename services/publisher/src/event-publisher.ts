@@ -166,7 +166,11 @@ export class EventPublisher {
   async #drain (): Promise<void> {
     const spool = this.#spool as Spool
     while (!this.#closed && !spool.isEmpty) {
-      for (const { key, event } of spool.oldest(256)) {
+      const batch = spool.oldest(256)
+      // Counted but not readable yet: an append still committing. Looping on would never yield to
+      // let it finish (the process hung, measured); its submit() kicks the drain once it is on disk.
+      if (batch.length === 0) return
+      for (const { key, event } of batch) {
         if (this.#closed) return
         try {
           await this.#publish(event)

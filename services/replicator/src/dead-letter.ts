@@ -25,8 +25,12 @@ export interface DeadLetter {
   subject: string
   failedAt: string
   attempts: number
-  /** The event's bytes as they were on the stream (base64), and their signature, for a replay. */
-  payload: string
+  /**
+   * The event's bytes as they were on the stream (base64), and their signature, for a replay. The
+   * payload is null when the letter could not hold it (an event near the message size limit:
+   * base64 adds a third); a replay then reads the event from the event stream at `streamSeq`.
+   */
+  payload: string | null
   signature: string | null
 }
 
@@ -34,9 +38,15 @@ export interface DeadLetter {
  * Publishes a dead letter and waits for JetStream to hold it; only then is the event acknowledged
  * (I2). The message id makes a retry after a crash land once.
  */
-export async function publishDeadLetter (js: JetStreamClient, n: Names, letter: DeadLetter): Promise<void> {
-  await js.publish(n.dlqSubject(letter.region), JSON.stringify(letter), { msgID: `${letter.region}:${letter.streamSeq}` })
+export async function publishDeadLetter (js: JetStreamClient, n: Names, letter: DeadLetter, maxPayloadBytes: number): Promise<void> {
+  let data = JSON.stringify(letter)
+  // Else the letter of a large event is refused by the server and the event is retried forever.
+  if (Buffer.byteLength(data) > maxPayloadBytes - LETTER_HEADROOM_BYTES) data = JSON.stringify({ ...letter, payload: null })
+  await js.publish(n.dlqSubject(letter.region), data, { msgID: `${letter.region}:${letter.streamSeq}` })
 }
+
+/** Room left in a letter's message for its headers. */
+const LETTER_HEADROOM_BYTES = 4096
 
 export interface StoredDeadLetter extends DeadLetter {
   dlqSeq: number

@@ -2,7 +2,7 @@ import { jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClien
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  findCreatedId, isRegionsyncError, names, parseStreamSettings, regionLag,
+  findCreatedId, isNotFound, isRegionsyncError, names, parseStreamSettings, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
@@ -53,6 +53,14 @@ export interface DlqReplayResult {
 const RATE_WINDOW_S = 10
 
 /**
+ * Lifetime of each pull request. A pull waits on the consumer's leader; when that server dies, the
+ * request dies with it and the client only notices after two missed heartbeats (half the expiry
+ * each), so the expiry bounds how long a partition stalls after a cluster node is lost: the
+ * client's 30 s default held partitions that long (test/faults/nats-cluster.test.ts).
+ */
+const PULL_EXPIRES_MS = 5000
+
+/**
  * Applies one region's events to its target. Every instance of a region consumes the same durable
  * consumers, one per partition, so the region's instances form one queue group and each
  * partition (each resource) is applied in order (I3).
@@ -72,8 +80,8 @@ export class Replicator {
   readonly #startedAt = new Date()
   #js!: JetStreamClient
   #jsm!: JetStreamManager
-  #applied!: AppliedLog
-  #ids!: IdMap
+  #applied: AppliedLog | undefined
+  #ids: IdMap | undefined
   #partitions = 0
   #keepAliveMs = 10_000
   #loops: Array<Promise<void>> = []
@@ -130,11 +138,14 @@ export class Replicator {
     this.#jsm = await jetstreamManager(nc)
     this.#js = jetstream(nc)
     const settings = parseStreamSettings(this.#o.stream)
-    this.#partitions = (await ensureEventStream(nc, this.#jsm, this.#n, settings)).partitions
+    const stream = await ensureEventStream(nc, this.#jsm, this.#n, settings)
+    this.#partitions = stream.partitions
     this.#slots = new Semaphore(this.#o.concurrency ?? this.#partitions)
-    await ensureDlqStream(this.#jsm, this.#n, settings.replicas)
-    this.#applied = await AppliedLog.open(nc, this.#n, this.region, settings.maxAgeMs, settings.replicas)
-    this.#ids = await IdMap.open(nc, this.#n, this.region, settings.replicas)
+    // The stream's own replicas, not this process's setting: a replicator started without one
+    // (the command has none) must not put its records on a single server of an R3 deployment.
+    await ensureDlqStream(this.#jsm, this.#n, stream.replicas)
+    this.#applied = await AppliedLog.open(nc, this.#n, this.region, settings.maxAgeMs, stream.replicas)
+    this.#ids = await IdMap.open(nc, this.#n, this.region, stream.replicas)
     const consumers = await Promise.all(Array.from({ length: this.#partitions }, async (_, partition) =>
       await ensurePartitionConsumer(this.#jsm, this.#n, { region: this.region, partition, from: this.#o.from, ackWaitMs: this.#o.ackWaitMs })))
     this.#subscriptions.push(
@@ -154,7 +165,7 @@ export class Replicator {
     this.#keepAliveMs = Math.max(100, Math.min(...consumers.map((c) => c.ackWaitMs)) / 3)
     for (const { name } of consumers) {
       const consumer = await this.#js.consumers.get(this.#n.eventStream, name)
-      const messages = await consumer.consume({ max_messages: 1, expires: 30_000 })
+      const messages = await consumer.consume({ max_messages: 1, expires: PULL_EXPIRES_MS })
       this.#iterators.push(messages)
       this.#loops.push(this.#run(messages))
     }
@@ -233,7 +244,7 @@ export class Replicator {
             attempts: m.info.deliveryCount,
             payload: Buffer.from(m.data).toString('base64'),
             signature: m.headers?.get(EVENT_SIGNATURE_HEADER) ?? null
-          })
+          }, serverMaxPayload(this.#o.connection))
           m.term()
           this.#counts.deadLetters++
           this.metrics.deadLetters.inc({ region: this.region, reason: verdict.reason })
@@ -278,13 +289,13 @@ export class Replicator {
       this.metrics.skipped.inc({ region: this.region, reason: 'own-origin' })
       return { kind: 'done', outcome: 'own-origin' }
     }
-    if (await this.#applied.has(event.id)) {
+    if (await (this.#applied as AppliedLog).has(event.id)) {
       this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
       return { kind: 'done', outcome: 'already-applied' }
     }
     let replay: Replay
     try {
-      const path = await this.#ids.translatePath(event.path, event.idSegments)
+      const path = await (this.#ids as IdMap).translatePath(event.path, event.idSegments)
       replay = buildReplay(path === event.path ? event : { ...event, path }, this.#target, this.#signer)
     } catch (err) {
       if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead('bad-path', err.message)
@@ -304,7 +315,7 @@ export class Replicator {
       case 'already-applied':
         if (learnId && outcome.kind === 'applied' && event.created !== null) {
           const assigned = findCreatedId(sent.json, event.created.field, false)
-          if (assigned !== null && assigned.id !== event.created.id) await this.#ids.put(event.created.id, assigned.id)
+          if (assigned !== null && assigned.id !== event.created.id) await (this.#ids as IdMap).put(event.created.id, assigned.id)
         }
         await this.#recordApplied(event.id, outcome.status)
         this.#counts.applied++
@@ -333,7 +344,7 @@ export class Replicator {
   async #recordApplied (eventId: string, status: number): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#applied.record(eventId, status)
+        await (this.#applied as AppliedLog).record(eventId, status)
         return
       } catch (err) {
         if (this.#closing !== null) throw err
@@ -387,12 +398,27 @@ export class Replicator {
     if (letter.resource !== null && await isSuperseded(this.#jsm, this.#n, letter)) {
       return { ...base, outcome: 'superseded', detail: `a newer event for ${letter.resource} has been handled since; replaying would overwrite it` }
     }
-    const verdict = await this.#evaluate(Buffer.from(letter.payload, 'base64'), letter.signature ?? undefined, 1)
+    const event = letter.payload !== null
+      ? { data: Buffer.from(letter.payload, 'base64'), signature: letter.signature ?? undefined }
+      : await this.#storedEvent(letter.streamSeq)
+    if (event === null) return { ...base, outcome: 'failed', detail: `event ${letter.streamSeq} is no longer in the event stream` }
+    const verdict = await this.#evaluate(event.data, event.signature, 1)
     if (verdict.kind === 'done') {
       await this.#jsm.streams.deleteMessage(this.#n.dlqStream, dlqSeq)
       return { ...base, outcome: verdict.outcome === 'already-applied' ? 'already-applied' : 'applied', detail: '' }
     }
     return { ...base, outcome: 'failed', detail: verdict.kind === 'dead' ? `${verdict.reason}: ${verdict.detail}` : verdict.reason }
+  }
+
+  /** An event as the stream holds it, for a letter too large to have carried it; null when it is gone. */
+  async #storedEvent (seq: number): Promise<{ data: Uint8Array, signature: string | undefined } | null> {
+    try {
+      const m = await this.#jsm.streams.getMessage(this.#n.eventStream, { seq })
+      return m === null ? null : { data: m.data, signature: m.header?.get(EVENT_SIGNATURE_HEADER) || undefined }
+    } catch (err) {
+      if (isNotFound(err)) return null
+      throw err
+    }
   }
 
   /** Every region's status, as `regionsync status` shows it; for the dashboard. */
@@ -460,6 +486,8 @@ export class Replicator {
     await Promise.allSettled(this.#loops)
     clearTimeout(grace)
     this.#breaker.close()
+    this.#applied?.close()
+    this.#ids?.close()
     try { await this.#client.close() } catch (err) { this.#log.warn({ err }, 'closing the target pool failed') }
     if (this.#o.ownsConnection && !this.#o.connection.isClosed()) {
       try { await this.#o.connection.drain() } catch (err) { this.#log.warn({ err }, 'draining NATS failed') }

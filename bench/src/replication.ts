@@ -1,0 +1,121 @@
+import { randomBytes } from 'node:crypto'
+import { DEFAULT_PARTITIONS } from '@regionsync/shared'
+import { publishBacklog, type Backlog } from './backlog.js'
+import type { Child, Message } from './children.js'
+import { CpuMeter, natsServerPid } from './cpu.js'
+import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
+import type { ReplicatorChildConfig } from './replicator-child.js'
+import { MB, round, sleep, uniqueNamespace } from './util.js'
+
+/** In flight at once: the replicator's ceiling (one per partition), given to the raw client and the baseline too. */
+export const REPLICATION_CONCURRENCY = DEFAULT_PARTITIONS
+
+export type ReplicationMode = 'raw' | 'replicator' | 'baseline'
+
+export interface ReplicationRun {
+  mode: ReplicationMode
+  events: number
+  seconds: number
+  eventsPerSec: number
+  non2xx: number
+  /** Peak RSS of the client process (sampled in it every 50 ms). */
+  peakRssMB: number
+  /** CPU each process used per event applied, in microseconds; `others` is the rest of the machine in cores. */
+  cpuUsPerEvent: { client: number | null, target: number | null, nats: number | null }
+  otherCores: number | null
+}
+
+export interface ReplicationResult {
+  conditions: {
+    backlog: Backlog
+    target: string
+    concurrency: number
+    partitions: number
+    measuredAt: string
+  }
+  runs: ReplicationRun[]
+  vsRaw: number
+  vsBaseline: number
+}
+
+function perEvent (ms: number | null | undefined, events: number): number | null {
+  return ms === null || ms === undefined || events === 0 ? null : round((ms * 1000) / events, 0)
+}
+
+/**
+ * 2. Replication throughput: one backlog, applied three times, each time to a fresh copy of the
+ * example API (without the plugin) in its own process: raw undici requests (the physical limit),
+ * the replicator, and the hand-written baseline.
+ */
+export async function runReplication (ctx: BenchContext): Promise<ReplicationResult> {
+  const events = ctx.quick ? 2_000 : 50_000
+  const timeoutMs = ctx.quick ? 60_000 : 240_000
+  const runs: ReplicationRun[] = []
+  let backlog: Backlog | undefined
+  await withNats(ctx, async (nats) => {
+    const namespace = uniqueNamespace('repl')
+    ctx.progress.step(`2/5 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
+    backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+    for (const mode of ['raw', 'replicator', 'baseline'] as const) {
+      ctx.progress.step(`2/5 replication: ${mode}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)
+      const token = randomBytes(16).toString('hex')
+      const target = await startTarget({ mode: 'identity', region: 'eu', token, expect: events })
+      const config: ReplicatorChildConfig = {
+        mode,
+        natsUrl: nats.url,
+        namespace,
+        region: 'eu',
+        instance: `eu-${mode}`,
+        targetUrl: target.url,
+        token,
+        signingKey: ctx.signingKey,
+        concurrency: REPLICATION_CONCURRENCY,
+        expect: events
+      }
+      let client: Child | undefined
+      try {
+        client = startClient(ctx, config, `replication-${mode}`)
+        const meter = new CpuMeter({ client: client.pid, target: target.child.pid, nats: natsServerPid(nats.port) })
+        if (mode === 'raw') {
+          ctx.progress.update('reading the backlog and building the replays (not timed)')
+          await client.next('loaded', 120_000)
+          meter.start()
+          client.send({ type: 'go' })
+        } else {
+          meter.start()
+          await client.next('ready', 60_000)
+        }
+        const done = await waitForTarget(ctx, target.child, events, timeoutMs)
+        const cpu = meter.stop()
+        const stats = await client.ask<Message & { peakRss: number }>({ type: 'stats' }, 'stats')
+        const rate = targetRate(done)
+        runs.push({
+          mode,
+          events: done.count,
+          seconds: round(rate.seconds, 3),
+          eventsPerSec: round(rate.eventsPerSec, 0),
+          non2xx: done.non2xx,
+          peakRssMB: round(stats.peakRss / MB, 1),
+          cpuUsPerEvent: { client: perEvent(cpu.client, done.count), target: perEvent(cpu.target, done.count), nats: perEvent(cpu.nats, done.count) },
+          otherCores: cpu.others === null || cpu.others === undefined ? null : round(cpu.others / 1000 / rate.seconds, 2)
+        })
+      } finally {
+        await stopAll([client, target.child])
+      }
+      await sleep(500)
+    }
+  })
+  const by = (m: ReplicationMode): ReplicationRun => runs.find((r) => r.mode === m) as ReplicationRun
+  return {
+    conditions: {
+      backlog: backlog as Backlog,
+      target: 'example identity API without the plugin, its own process; POST /v3/users with the source id injected, answered 201',
+      concurrency: REPLICATION_CONCURRENCY,
+      partitions: DEFAULT_PARTITIONS,
+      measuredAt: "the target: first write's arrival to the last write's 2xx"
+    },
+    runs,
+    vsRaw: round(by('replicator').eventsPerSec / by('raw').eventsPerSec, 3),
+    vsBaseline: round(by('replicator').eventsPerSec / by('baseline').eventsPerSec, 3)
+  }
+}

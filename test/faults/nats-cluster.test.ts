@@ -1,0 +1,80 @@
+import type { JetStreamManager } from '@nats-io/jetstream'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { waitFor } from '../helpers/fixtures.js'
+import { NatsCluster } from '../helpers/nats-cluster.js'
+import { ms } from './durations.js'
+import { streamsOf } from './scan.js'
+import { FaultSystem } from './system.js'
+import { sleep, verifyRun } from './verify.js'
+
+let cluster: NatsCluster
+let system: FaultSystem | undefined
+beforeAll(async () => { cluster = await NatsCluster.start(3) })
+afterAll(async () => {
+  await system?.stop()
+  await cluster.stop()
+})
+
+/** Replicas of each of the namespace's streams (events, dead letters, KV buckets). */
+async function replicasOf (jsm: JetStreamManager, streams: string[]): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  for (const s of streams) out[s] = (await jsm.streams.info(s)).config.num_replicas
+  return out
+}
+
+/** True once every replica of every stream is current: a restarted server has caught up. */
+async function allCurrent (jsm: JetStreamManager, streams: string[]): Promise<boolean> {
+  for (const s of streams) {
+    const info = await jsm.streams.info(s)
+    const c = info.cluster
+    const followers = c?.replicas ?? []
+    if (c?.leader === undefined || followers.length !== info.config.num_replicas - 1 || !followers.every((r) => r.current && r.offline !== true)) return false
+  }
+  return true
+}
+
+describe('fault: a three-server NATS cluster (R3), one server killed -9 during writes, then another after the first is back', () => {
+  const DOWN_MS = ms(12_000, 6000)
+
+  it('nothing acknowledged is lost, and replicators and APIs carry on through the survivors by themselves', async () => {
+    const startedAt = Date.now()
+    system = await FaultSystem.start({ servers: cluster.servers, replicas: 3 })
+    const streams = streamsOf(system.n)
+    // The plugin and the replicators were told only the servers; the stream was made at R3 by the
+    // source's plugin (stream: { replicas: 3 }), and everything else follows it.
+    expect(await replicasOf(system.jsm, streams)).toEqual(Object.fromEntries(streams.map((s) => [s, 3])))
+    await system.seedProjects()
+    const load = system.workload().start()
+    const victims: string[] = []
+    const progress: Array<Record<string, number>> = []
+    for (let round = 0; round < 2; round++) {
+      await sleep(ms(6000, 4000))
+      // The event stream's leader, so every kill forces an election where it hurts most.
+      const leader = (await system.jsm.streams.info(system.n.eventStream)).cluster?.leader
+      const node = cluster.nodes.find((x) => x.name === leader) ?? cluster.nodes[round]!
+      victims.push(node.name)
+      const fault = system.checker.fault(`kill -9 nats-server ${node.name}`)
+      await cluster.kill(node)
+      const killedAt = Date.now()
+      try {
+        await sleep(DOWN_MS)
+      } finally {
+        await cluster.restart(node)
+      }
+      fault.end()
+      // Each region went on applying while the server was gone (after the election settled).
+      progress.push(Object.fromEntries(system.regions.map((r) => [r.name, r.api.replays.filter((a) => a.handled && a.at > killedAt + 3000 && a.at < killedAt + DOWN_MS).length])))
+      await waitFor(`${node.name} to catch up`, async () => await allCurrent(system!.jsm, streams), 60_000)
+    }
+    await sleep(ms(5000, 3000))
+    await load.stop()
+    await verifyRun(system, {
+      order: 7,
+      fault: '3-server cluster, R3: kill -9 one server, then another',
+      startedAt,
+      notes: () => `killed ${victims.join(' then ')} (the stream leader each time) for ${DOWN_MS / 1000} s; applied while down: ${progress.map((p) => Object.entries(p).map(([k, v]) => `${k} ${v}`).join('/')).join(', ')}`
+    })
+    for (const p of progress) for (const [region, n] of Object.entries(p)) expect(n, `${region} applied writes while a server was down`).toBeGreaterThan(0)
+    for (const r of system.regions) for (const p of r.replicators) expect(p.running, `${p.label} still running`).toBe(true)
+  })
+})

@@ -1,0 +1,42 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { NatsServer } from '../helpers/nats-server.js'
+import { REQUEST_TIMEOUT_MS, ms } from './durations.js'
+import { FaultSystem } from './system.js'
+import { sleep, verifyRun } from './verify.js'
+
+let nats: NatsServer
+let system: FaultSystem | undefined
+beforeAll(async () => { nats = await NatsServer.start() })
+afterAll(async () => {
+  await system?.stop()
+  await nats.stop()
+})
+
+describe('fault: a target that hangs (no answer) past the replicators\' HTTP timeout', () => {
+  const HANG_MS = ms(15_000, 6000)
+
+  it(`eu answers nothing for ${HANG_MS / 1000} s (--timeout-ms ${REQUEST_TIMEOUT_MS}), half of it after applying the write: nothing lost, nothing applied twice`, async () => {
+    const startedAt = Date.now()
+    system = await FaultSystem.start({ servers: [nats.url], timeoutMs: REQUEST_TIMEOUT_MS })
+    await system.seedProjects()
+    const eu = system.region('eu')
+    const load = system.workload().start()
+    await sleep(ms(5000, 3000))
+    const fault = system.checker.fault(`eu hangs for ${HANG_MS} ms`)
+    eu.proxy.mode = 'hang'
+    await sleep(HANG_MS)
+    eu.proxy.mode = 'pass'
+    fault.end()
+    await sleep(ms(8000, 4000))
+    await load.stop()
+    const { hung, hungApplied } = eu.proxy.counts
+    await verifyRun(system, {
+      order: 5,
+      fault: `target hangs ${HANG_MS / 1000} s (past --timeout-ms ${REQUEST_TIMEOUT_MS})`,
+      startedAt,
+      notes: () => `${hung} replays got no answer, ${hungApplied} of them applied before the silence`
+    })
+    // The case that matters happened: writes the target applied whose answer never came, retried.
+    expect(hungApplied).toBeGreaterThan(0)
+  })
+})
