@@ -30,7 +30,7 @@ export interface MemoryRun {
   peakHeapMB: number
   drainSeconds: number
   eventsPerSec: number
-  /** RSS over the drain, MB: the highest sample in each of TIMELINE_POINTS equal slices of time. */
+  /** RSS over the drain, MB: the highest sample in each of TIMELINE_POINTS equal slices of time (every sample of a short drain). */
   rssTimelineMB: number[]
   /** CPU the replicator used per event applied, and the rest of the machine, in cores. */
   cpuUsPerEvent: number | null
@@ -44,9 +44,10 @@ export interface MemoryResult {
 }
 
 function timeline (samples: number[]): number[] {
+  if (samples.length <= TIMELINE_POINTS) return samples.map((b) => round(b / MB, 0))
   const out: number[] = []
   const per = samples.length / TIMELINE_POINTS
-  for (let i = 0; i < TIMELINE_POINTS && per >= 1; i++) {
+  for (let i = 0; i < TIMELINE_POINTS; i++) {
     out.push(round(Math.max(...samples.slice(Math.floor(i * per), Math.floor((i + 1) * per))) / MB, 0))
   }
   return out

@@ -136,7 +136,7 @@ export function formatResults (r: BenchResults): string[] {
       x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
     ])))
     if (m.runs.some((x) => x.waitingAtEnd > 0)) out.push(`   (a drain still running after ${m.conditions.drainLimitSeconds} s is stopped there, to keep the suite within its time budget)`)
-    for (const x of m.runs) out.push(`   RSS MB over the drain of ${x.backlog.toLocaleString('en-US')} (${x.rssTimelineMB.length} slices): ${x.rssTimelineMB.join(' ')}`)
+    for (const x of m.runs) out.push(`   RSS MB over the drain of ${x.backlog.toLocaleString('en-US')} (${x.rssTimelineMB.length} points): ${x.rssTimelineMB.join(' ')}`)
   }
   if (s.scaling !== undefined) {
     const k = s.scaling

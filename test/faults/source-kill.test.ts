@@ -1,4 +1,6 @@
+import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { metricValue } from '../helpers/events.js'
 import { NatsServer } from '../helpers/nats-server.js'
 import { ms } from './durations.js'
 import { FaultSystem } from './system.js'
@@ -36,8 +38,10 @@ describe('fault: the source API killed -9 during a steady stream of writes, rest
     await sleep(3000)
     const outage = system.checker.fault('kill -9 source API with NATS down (events in the spool)')
     await nats.kill()
+    let spooled = 0
     try {
       await sleep(ms(4000, 3000))
+      spooled = await spoolEvents(source.url)
       await source.kill()
     } finally {
       await nats.restart()
@@ -50,9 +54,16 @@ describe('fault: the source API killed -9 during a steady stream of writes, rest
       order: 2,
       fault: 'source API kill -9 (restart on same spool)',
       startedAt,
-      notes: () => `${source.starts - 1} kills, each restarted on the same spool, the last with NATS down`
+      notes: () => `${source.starts - 1} kills, each restarted on the same spool, the last with NATS down and ${spooled} events in the spool`
     })
+    expect(spooled).toBeGreaterThan(0)
     expect(report.unacknowledged).toBeLessThanOrEqual(source.starts * 8)
   })
 })
 
+
+/** Events in the source's outage spool, from its /metrics. */
+async function spoolEvents (url: string): Promise<number> {
+  const res = await request(`${url}/metrics`)
+  return metricValue(await res.body.text(), 'regionsync_spool_events', { region: 'us' })
+}

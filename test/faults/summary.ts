@@ -69,7 +69,7 @@ export function readRows (): SummaryRow[] {
 export function formatTable (rows: SummaryRow[]): string[] {
   const regions = [...new Set(rows.flatMap((r) => Object.keys(r.applied)))]
   const header = ['Fault', 'Writes acknowledged', ...regions.map((r) => `Applied ${r}`), 'Lost', 'Duplicated', 'Order violations', 'Time to recover (s)', 'Notes']
-  const lines = [`| ${header.join(' | ')} |`, `| ${header.map((h, i) => i === 0 || i === header.length - 1 ? '---' : '---:').join(' | ')} |`]
+  const lines = [`| ${header.join(' | ')} |`, `| ${header.map((_, i) => i === 0 || i === header.length - 1 ? '---' : '---:').join(' | ')} |`]
   for (const r of rows) {
     const cells = [r.fault, String(r.acknowledged), ...regions.map((g) => String(r.applied[g] ?? '-')), String(r.lost), String(r.duplicated), String(r.orderViolations),
       r.recoverySeconds === null ? '-' : r.recoverySeconds.toFixed(1), r.notes]

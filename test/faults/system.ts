@@ -187,7 +187,7 @@ export class FaultSystem {
   }
 
   workload (o: Partial<Omit<WorkloadOptions, 'checker' | 'credentials' | 'url'>> = {}): Workload {
-    return new Workload({
+    const load = new Workload({
       url: () => this.source.url,
       checker: this.checker,
       credentials: this.credentials,
@@ -199,6 +199,9 @@ export class FaultSystem {
       prefix: `${this.ns}u`,
       ...o
     })
+    // A test that fails midway leaves its writers running; they stop before what they write to.
+    this.#cleanup.push(async () => await load.stop())
+    return load
   }
 
   /** Events not yet applied, per region, from JetStream's consumer state. */

@@ -39,6 +39,8 @@ export interface WorkloadOptions {
   seed: number
   /** Prefix of user ids, unique per run. */
   prefix: string
+  /** The writers stop by themselves after this long, should nobody stop them. @default 300000 */
+  maxMs?: number
 }
 
 export type SendResult = { kind: 'answered', status: number, code: string | null } | { kind: 'refused' } | { kind: 'error', message: string }
@@ -93,6 +95,7 @@ export async function write (url: string, opts: Pick<WorkloadOptions, 'checker' 
 export class Workload {
   readonly #o: WorkloadOptions
   #stopped = false
+  #deadline = 0
   #done: Promise<void> | null = null
   #users = 0
 
@@ -101,6 +104,7 @@ export class Workload {
   }
 
   start (): this {
+    this.#deadline = Date.now() + (this.#o.maxMs ?? 300_000)
     const rand = prng(this.#o.seed)
     this.#done = Promise.all(Array.from({ length: this.#o.writers }, async (_, i) => await this.#writer(i, prng(Math.floor(rand() * 2 ** 32))))).then(() => {})
     return this
@@ -112,9 +116,13 @@ export class Workload {
     await this.#done
   }
 
+  get #over (): boolean {
+    return this.#stopped || Date.now() > this.#deadline
+  }
+
   async #writer (i: number, rand: () => number): Promise<void> {
-    // Bounded: every loop ends at stop(); retries of refused writes wait between tries.
-    while (!this.#stopped) {
+    // Bounded: every loop ends at stop() or the deadline; retries of refused writes wait between tries.
+    while (!this.#over) {
       const id = `${this.#o.prefix}${i}n${this.#users++}`
       await this.#user(id, rand)
     }
@@ -123,10 +131,10 @@ export class Workload {
   async #user (id: string, rand: () => number): Promise<void> {
     let exists = false
     let grants: Array<{ project: string, role: string }> = []
-    for (let n = 0; n < this.#o.opsPerKey && !this.#stopped; n++) {
+    for (let n = 0; n < this.#o.opsPerKey && !this.#over; n++) {
       const op = this.#next(id, n, exists, grants, rand)
       let w = await write(this.#o.url(), this.#o, op)
-      while (w.outcome === 'failed' && !this.#stopped) {
+      while (w.outcome === 'failed' && !this.#over) {
         await sleep(100)
         w = await write(this.#o.url(), this.#o, op)
       }
