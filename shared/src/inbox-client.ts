@@ -1,5 +1,6 @@
 import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 import { ErrorCode, RegionsyncError } from './errors.js'
+import { coalescerOf, type WriteCoalescer } from './write-coalescer.js'
 
 /** How often pending answers are checked against their deadline. */
 const SWEEP_MS = 50
@@ -21,10 +22,11 @@ interface Pending {
  * nats.js's request per message (a timer, an inbox entry and two pre-built errors with stack traces
  * each), which profiling showed to be a third of an API's CPU per write. Used for JetStream
  * publishes with their acknowledgement and for KV gets and puts, on the plugin's and the
- * replicator's hot paths.
+ * replicator's hot paths. Requests go out through the connection's WriteCoalescer.
  */
 export class InboxClient {
   readonly #nc: NatsConnection
+  readonly #writes: WriteCoalescer
   readonly #prefix: string
   readonly #sub: Subscription
   readonly #pending = new Map<string, Pending>()
@@ -33,6 +35,7 @@ export class InboxClient {
 
   constructor (nc: NatsConnection) {
     this.#nc = nc
+    this.#writes = coalescerOf(nc)
     this.#prefix = `${createInbox()}.`
     this.#sub = nc.subscribe(`${this.#prefix}*`, { callback: (err, msg) => { if (err === null) this.#settle(msg) } })
     this.#sweep = setInterval(() => this.#expire(), SWEEP_MS)
@@ -49,12 +52,16 @@ export class InboxClient {
     }
     return await new Promise<Msg>((resolve, reject) => {
       this.#pending.set(token, { resolve, reject, deadline: Date.now() + timeoutMs })
-      try {
-        this.#nc.publish(subject, data, { reply: this.#prefix + token, ...(h !== undefined ? { headers: h } : {}) })
-      } catch (err) {
-        this.#pending.delete(token)
-        reject(err as Error)
-      }
+      this.#writes.defer(() => {
+        // Closed, timed out or answered meanwhile: nothing left to send for.
+        if (!this.#pending.has(token)) return
+        try {
+          this.#nc.publish(subject, data, { reply: this.#prefix + token, ...(h !== undefined ? { headers: h } : {}) })
+        } catch (err) {
+          this.#pending.delete(token)
+          reject(err as Error)
+        }
+      })
     })
   }
 
