@@ -17,7 +17,7 @@ export interface TargetSettings {
   url: URL
   /** Sent as `Authorization: Bearer <token>`. */
   token: string | undefined
-  /** Headers and body must arrive within this. @default 10000 */
+  /** The answer's headers, and then each part of its body, must arrive within this. @default 10000 */
   timeoutMs: number
   /** Keep-alive connections to the target. @default 32 */
   connections: number
@@ -103,10 +103,8 @@ function injectId (body: Buffer, field: string, id: string): Buffer {
 /** The keep-alive pool to one target; every response body is read or dumped. */
 export class TargetClient {
   readonly #pool: Pool
-  readonly #timeoutMs: number
 
   constructor (target: TargetSettings) {
-    this.#timeoutMs = target.timeoutMs
     this.#pool = new Pool(target.url.origin, {
       connections: target.connections,
       keepAliveTimeout: 30_000,
@@ -117,8 +115,10 @@ export class TargetClient {
   }
 
   /**
-   * Sends one replay; `signal` aborts it (shutdown), the timeout bounds it. `readJson` keeps the
-   * JSON body of a 2xx (a create whose target-assigned id must be learnt).
+   * Sends one replay; `signal` aborts it (shutdown), the pool's header and body timeouts bound it
+   * (undici's own timers, not an AbortSignal.timeout and AbortSignal.any per replay, which cost
+   * more than the request's framing). `readJson` keeps the JSON body of a 2xx (a create whose
+   * target-assigned id must be learnt).
    */
   async send (replay: Replay, signal?: AbortSignal, readJson = false): Promise<ReplayResult> {
     const res = await this.#pool.request({
@@ -126,7 +126,7 @@ export class TargetClient {
       path: replay.path,
       headers: replay.headers,
       body: replay.body ?? undefined,
-      signal: signal === undefined ? AbortSignal.timeout(this.#timeoutMs) : AbortSignal.any([signal, AbortSignal.timeout(this.#timeoutMs)])
+      signal
     })
     let excerpt = ''
     let json: unknown

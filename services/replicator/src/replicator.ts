@@ -1,9 +1,9 @@
 import { jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
-  EVENT_SIGNATURE_HEADER, ErrorCode, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
+  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
   findCreatedId, isNotFound, isRegionsyncError, names, parseStreamSettings, regionLag, serverMaxPayload,
-  type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer
+  type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
@@ -61,6 +61,16 @@ const RATE_WINDOW_S = 10
 const PULL_EXPIRES_MS = 5000
 
 /**
+ * Messages each pull asks for. max_ack_pending 1 still lets the server hand out only one at a
+ * time, so this buffers nothing; but a pull for one message ends with it, and the next event of
+ * the partition then waits for a new pull to reach the server, costing a round trip and a pull
+ * request for the server to process per event. A standing pull is answered the moment the ack
+ * lands. The server moves a pull that is not yet filled to the back of its queue after each
+ * message, so the instances of a region still take turns.
+ */
+const PULL_BATCH = 64
+
+/**
  * Applies one region's events to its target. Every instance of a region consumes the same durable
  * consumers, one per partition, so the region's instances form one queue group and each
  * partition (each resource) is applied in order (I3).
@@ -79,6 +89,7 @@ export class Replicator {
   #slots!: Semaphore
   readonly #startedAt = new Date()
   #js!: JetStreamClient
+  #writes!: WriteCoalescer
   #jsm!: JetStreamManager
   #applied: AppliedLog | undefined
   #ids: IdMap | undefined
@@ -134,6 +145,7 @@ export class Replicator {
 
   async #setup (): Promise<void> {
     const nc = this.#o.connection
+    this.#writes = coalescerOf(nc)
     this.#watchConnection().catch((err) => this.#log.warn({ err }, 'NATS status watch ended'))
     this.#jsm = await jetstreamManager(nc)
     this.#js = jetstream(nc)
@@ -165,7 +177,7 @@ export class Replicator {
     this.#keepAliveMs = Math.max(100, Math.min(...consumers.map((c) => c.ackWaitMs)) / 3)
     for (const { name } of consumers) {
       const consumer = await this.#js.consumers.get(this.#n.eventStream, name)
-      const messages = await consumer.consume({ max_messages: 1, expires: PULL_EXPIRES_MS })
+      const messages = await consumer.consume({ max_messages: PULL_BATCH, expires: PULL_EXPIRES_MS })
       this.#iterators.push(messages)
       this.#loops.push(this.#run(messages))
     }
@@ -224,10 +236,10 @@ export class Replicator {
       const verdict = await this.#evaluate(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER), m.info.deliveryCount)
       switch (verdict.kind) {
         case 'done':
-          m.ack()
+          this.#settle(m, () => m.ack())
           return
         case 'retry':
-          m.nak(verdict.delayMs)
+          this.#settle(m, () => m.nak(verdict.delayMs))
           return
         case 'dead':
           await publishDeadLetter(this.#js, this.#n, {
@@ -254,10 +266,21 @@ export class Replicator {
       // NATS itself failed us (KV or DLQ unreachable): hand the event back and try later.
       this.#noteError(err)
       this.#log.warn({ err, seq: m.seq }, 'event handling failed; will retry')
-      m.nak(backoffMs(m.info.deliveryCount, this.#o.retry))
+      this.#settle(m, () => m.nak(backoffMs(m.info.deliveryCount, this.#o.retry)))
     } finally {
       clearInterval(keepAlive)
     }
+  }
+
+  /** Acks or naks with the other writes of this turn; one lost with the connection is redelivered. */
+  #settle (m: JsMsg, answer: () => void): void {
+    this.#writes.defer(() => {
+      try {
+        answer()
+      } catch (err) {
+        this.#log.warn({ err, seq: m.seq }, 'could not answer the server for an event; it will be redelivered')
+      }
+    })
   }
 
   #eventFields (data: Uint8Array): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
