@@ -49,18 +49,18 @@ export interface Backlog {
 
 /**
  * Puts `count` signed events on the event stream the way the plugin does (test/helpers/events.ts),
- * creating the stream first with the default 16 partitions. Publishes are pipelined: a batch of
- * PUBLISH_BATCH is sent at once and its acks awaited together.
+ * creating the stream first with `partitions` (the default 16 unless given). Publishes are
+ * pipelined: a batch of PUBLISH_BATCH is sent at once and its acks awaited together.
  */
-export async function publishBacklog (natsUrl: string, namespace: string, signingKey: string, count: number, onProgress: (done: number) => void): Promise<Backlog> {
+export async function publishBacklog (natsUrl: string, namespace: string, signingKey: string, count: number, onProgress: (done: number) => void, partitions = DEFAULT_PARTITIONS): Promise<Backlog> {
   const nc: NatsConnection = await connectNats({ servers: natsUrl, name: 'bench-backlog' })
   try {
     const jsm = await jetstreamManager(nc)
     const n = names(namespace)
-    const settings = parseStreamSettings({ partitions: DEFAULT_PARTITIONS })
+    const settings = parseStreamSettings({ partitions })
     await ensureEventStream(nc, jsm, n, settings)
     await ensureDlqStream(jsm, n, settings.replicas)
-    const publisher = new EventPublisher(nc, namespace, DEFAULT_PARTITIONS, signingKey)
+    const publisher = new EventPublisher(nc, namespace, partitions, signingKey)
     let bodyBytes = 0
     let eventBytes = 0
     const started = performance.now()

@@ -63,6 +63,7 @@ async function main (): Promise<void> {
       logger: createLogger({ level: process.env.LOG_LEVEL ?? 'silent' }),
       namespace: c.namespace,
       instance: c.instance,
+      concurrency: c.concurrency,
       connections: c.concurrency
     })
     stats = () => ({ ...replicator.counts })

@@ -65,7 +65,7 @@ export function evaluateTargets (s: Sections): Target[] {
     t.push({ id: '4-flat', what: 'peak RSS, large backlog / small backlog', target: `<= ${FLAT_RATIO}`, measured: s.memory.ratio.toFixed(2), met: s.memory.ratio <= FLAT_RATIO })
   }
   if (s.scaling !== undefined) {
-    t.push({ id: '5-scaling', what: '2 instances / 1 instance on a 5 ms target', target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
+    t.push({ id: '5-scaling', what: '2 instances / 1 on a 5 ms target, instance-bound (--concurrency 8, 64 partitions)', target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
   }
   return t
 }
@@ -140,11 +140,14 @@ export function formatResults (r: BenchResults): string[] {
   }
   if (s.scaling !== undefined) {
     const k = s.scaling
-    out.push('', `5. Scaling: ${k.conditions.events.toLocaleString('en-US')} events to a target answering in ${k.conditions.targetDelayMs} ms; ${k.conditions.partitions} partitions x max_ack_pending 1 caps a region at ${k.conditions.ceilingEventsPerSec.toLocaleString('en-US')} events/s`)
-    out.push(...table(['instances', 'events/s', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], k.runs.map((x) => [
-      x.instances, n0(x.eventsPerSec), n2(x.eventsPerSec / (k.runs[0]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
-      x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
-    ])))
+    out.push('', `5. Scaling: ${k.conditions.events.toLocaleString('en-US')} events to a target answering in ${k.conditions.targetDelayMs} ms, one region, 1 then 2 instances`)
+    for (const setup of k.setups) {
+      out.push(`   ${setup.name}: ${setup.about}; the target's ${k.conditions.targetDelayMs} ms caps an instance at ${setup.instanceCeilingEventsPerSec.toLocaleString('en-US')} events/s and the region at ${setup.regionCeilingEventsPerSec.toLocaleString('en-US')} (partitions x max_ack_pending 1)`)
+      out.push(...table(['instances', 'events/s', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], setup.runs.map((x) => [
+        x.instances, n0(x.eventsPerSec), n2(x.eventsPerSec / (setup.runs[0]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
+        x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
+      ])))
+    }
   }
   for (const [section, message] of Object.entries(r.errors)) out.push('', `${section}: FAILED: ${message}`)
   if (r.targets.length > 0) {
