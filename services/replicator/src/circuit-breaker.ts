@@ -49,8 +49,10 @@ export class CircuitBreaker {
       }
       if (signal?.aborted === true) throw signal.reason
       await new Promise<void>((resolve) => {
-        this.#waiters.push(resolve)
-        signal?.addEventListener('abort', () => resolve(), { once: true })
+        const onAbort = (): void => resolve()
+        signal?.addEventListener('abort', onAbort, { once: true })
+        // The signal outlives this wait (one per replicator): leave no listener behind on it.
+        this.#waiters.push(() => { signal?.removeEventListener('abort', onAbort); resolve() })
       })
     }
   }

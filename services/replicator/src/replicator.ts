@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import { jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
@@ -98,7 +99,8 @@ export class Replicator {
   #loops: Array<Promise<void>> = []
   #iterators: ConsumerMessages[] = []
   #subscriptions: Subscription[] = []
-  readonly #inflight = new Set<AbortController>()
+  /** Aborts every replay still in flight when the shutdown grace period ends. */
+  readonly #shutdown = new AbortController()
   #started = false
   #connected = true
   #closing: Promise<void> | null = null
@@ -109,6 +111,8 @@ export class Replicator {
   #rateTimer: NodeJS.Timeout | null = null
 
   private constructor (o: ParsedReplicatorOptions) {
+    // Every replay in flight listens on it.
+    setMaxListeners(0, this.#shutdown.signal)
     this.#o = o
     this.region = o.region
     this.#log = o.logger.child({ region: o.region })
@@ -385,25 +389,23 @@ export class Replicator {
   async #send (replay: Replay, attempt: number, readJson: boolean): Promise<{
     status: number | null, headers: Record<string, string | string[] | undefined>, excerpt: string, json?: unknown, reason: string, aborted: boolean
   }> {
-    const abort = new AbortController()
-    this.#inflight.add(abort)
+    const abort = this.#shutdown.signal
     const release = await this.#slots.acquire()
     try {
-      await this.#breaker.acquire(abort.signal)
+      await this.#breaker.acquire(abort)
       if (this.#bucket !== null) await this.#bucket.take()
       const timer = this.metrics.applySeconds.startTimer({ region: this.region })
       try {
-        const res = await this.#client.send(replay, abort.signal, readJson)
+        const res = await this.#client.send(replay, abort, readJson)
         return { ...res, reason: `target answered ${res.status}`, aborted: false }
       } finally {
         timer()
       }
     } catch (err) {
       const code = (err as { code?: string }).code
-      return { status: null, headers: {}, excerpt: '', reason: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.signal.aborted }
+      return { status: null, headers: {}, excerpt: '', reason: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.aborted }
     } finally {
       release()
-      this.#inflight.delete(abort)
     }
   }
 
@@ -503,7 +505,7 @@ export class Replicator {
     }
     if (this.#rateTimer !== null) clearInterval(this.#rateTimer)
     const grace = setTimeout(() => {
-      for (const a of this.#inflight) a.abort()
+      this.#shutdown.abort()
       this.#breaker.close()
     }, this.#o.shutdownGraceMs)
     await Promise.allSettled(this.#loops)
