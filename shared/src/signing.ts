@@ -1,4 +1,4 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, createSecretKey, timingSafeEqual } from 'node:crypto'
 import { BadSignatureError, InvalidOptionError } from './errors.js'
 
 /** NATS header that carries an event's signature. */
@@ -39,27 +39,30 @@ export function parseSigningKey (key: unknown, option = 'signingKey'): string {
   return key
 }
 
+const EVENT_MAC_PREFIX = Buffer.from('regionsync-event-v1\n')
+const EMPTY = new Uint8Array(0)
+
 export function createSigner (key: string, replayToleranceMs = DEFAULT_REPLAY_TOLERANCE_MS): Signer {
-  const secret = Buffer.from(parseSigningKey(key))
-  const mac = (label: string, ...parts: Array<string | Uint8Array>): Buffer => {
-    const h = createHmac('sha256', secret).update(label)
-    for (const p of parts) h.update('\n').update(p)
-    return h.digest()
-  }
-  const replayMac = (r: ReplayIdentity, t: string): Buffer => {
-    const bodyHash = createHash('sha256').update(r.body ?? new Uint8Array(0)).digest('base64')
-    return mac('regionsync-replay-v1', r.eventId, r.origin, r.method.toUpperCase(), t, bodyHash)
+  // A key object is imported once, not on every signature; and each MAC is fed in as few pieces
+  // as its input allows (the bytes, and so the signatures, are what they always were: the label,
+  // then each part after a newline). Both are on the plugin's and the replicator's per-event path.
+  const secret = createSecretKey(Buffer.from(parseSigningKey(key)))
+  const eventMac = (payload: Uint8Array): string =>
+    createHmac('sha256', secret).update(EVENT_MAC_PREFIX).update(payload).digest('base64url')
+  const replayMac = (r: ReplayIdentity, t: string): string => {
+    const bodyHash = createHash('sha256').update(r.body ?? EMPTY).digest('base64')
+    return createHmac('sha256', secret).update(`regionsync-replay-v1\n${r.eventId}\n${r.origin}\n${r.method.toUpperCase()}\n${t}\n${bodyHash}`).digest('base64url')
   }
   return {
-    signEvent: (payload) => 'v1=' + mac('regionsync-event-v1', payload).toString('base64url'),
+    signEvent: (payload) => 'v1=' + eventMac(payload),
     verifyEvent (payload, signature) {
       if (signature === undefined || signature === '') throw new BadSignatureError('event has no signature')
-      const expected = 'v1=' + mac('regionsync-event-v1', payload).toString('base64url')
+      const expected = 'v1=' + eventMac(payload)
       if (!safeEqual(expected, signature)) throw new BadSignatureError('event signature does not verify')
     },
     signReplay (r, nowMs = Date.now()) {
       const t = String(nowMs)
-      return `t=${t},v1=${replayMac(r, t).toString('base64url')}`
+      return `t=${t},v1=${replayMac(r, t)}`
     },
     verifyReplay (r, header, nowMs = Date.now()) {
       if (header === undefined) return false
@@ -67,7 +70,7 @@ export function createSigner (key: string, replayToleranceMs = DEFAULT_REPLAY_TO
       if (m === null) return false
       const t = m[1] as string
       if (Math.abs(nowMs - Number(t)) > replayToleranceMs) return false
-      return safeEqual(replayMac(r, t).toString('base64url'), m[2] as string)
+      return safeEqual(replayMac(r, t), m[2] as string)
     }
   }
 }
