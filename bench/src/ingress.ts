@@ -164,14 +164,15 @@ export async function runIngress (ctx: BenchContext): Promise<IngressResult> {
         const before = await api.ask<Message & { ackBuckets: Array<[number | null, number]> }>({ type: 'stats' }, 'stats')
         const meter = new CpuMeter({ api: api.pid, nats: natsServerPid(nats.port) })
         meter.start()
-        const r = await openLoop(url, body, rate, durationSeconds, 0, () => {})
+        // The open loop's own pool opens its connections in its first seconds: not counted.
+        const r = await openLoop(url, body, rate, warmupSeconds + durationSeconds, warmupSeconds, () => {})
         const others = meter.stop().others
         const after = await api.ask<Message & { ackBuckets: Array<[number | null, number]> }>({ type: 'stats' }, 'stats')
         // Only the acks of the fixed-rate run: the histogram counts from the process's start.
         const acks = after.ackBuckets.map(([le, n], i): [number | null, number] => [le, n - (before.ackBuckets[i]?.[1] ?? 0)])
         return {
           ...r,
-          otherCores: others === null || others === undefined ? null : round(others / 1000 / durationSeconds, 2),
+          otherCores: others === null || others === undefined ? null : round(others / 1000 / (warmupSeconds + durationSeconds), 2),
           ackMs: name === 'with-plugin' ? { p50: bucketQuantile(acks, 0.5), p99: bucketQuantile(acks, 0.99) } : null
         }
       })
