@@ -42,8 +42,8 @@ export function profileArgs (ctx: BenchContext, profileName: string): string[] {
   return ctx.profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${profileName}.cpuprofile`]
 }
 
-export function startClient (ctx: BenchContext, config: ReplicatorChildConfig, profileName: string): Child {
-  return new Child(`${config.mode} ${config.instance}`, './replicator-child.js', config, profileArgs(ctx, profileName))
+export function startClient (ctx: BenchContext, config: ReplicatorChildConfig, profileName: string, execArgv: string[] = []): Child {
+  return new Child(`${config.mode} ${config.instance}`, './replicator-child.js', config, [...execArgv, ...profileArgs(ctx, profileName)])
 }
 
 /**

@@ -86,7 +86,17 @@ async function main (): Promise<void> {
   function serveParentWith (extra: Record<string, () => void>): void {
     serveParent({
       ...extra,
-      stats: () => { sample(); toParent({ type: 'stats', ...stats(), applied: (stats().applied as number | undefined) ?? applied, peakRss, peakHeap }) }
+      stats: (m) => {
+        sample()
+        // What the process still holds once garbage is gone (asked for after a drain, when the
+        // child runs with --expose-gc): the memory that could grow with a backlog.
+        let retainedHeap: number | null = null
+        if (m.gc === true && typeof globalThis.gc === 'function') {
+          globalThis.gc()
+          retainedHeap = process.memoryUsage().heapUsed
+        }
+        toParent({ type: 'stats', ...stats(), applied: (stats().applied as number | undefined) ?? applied, peakRss, peakHeap, retainedHeap })
+      }
     }, close)
   }
 }
