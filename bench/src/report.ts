@@ -1,5 +1,5 @@
 import type { Conditions } from './conditions.js'
-import type { IngressResult } from './ingress.js'
+import type { IngressResult, IngressVariantName } from './ingress.js'
 import type { LagResult } from './lag.js'
 import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
@@ -100,6 +100,14 @@ export function formatResults (r: BenchResults): string[] {
     ])))
     const ack = i.variants.find((v) => v.name === 'with-plugin')?.ackMs
     if (ack !== null && ack !== undefined) out.push(`   JetStream ack time (the publisher's histogram, bucket bounds): p50 <= ${ack.p50 ?? '-'} ms, p99 <= ${ack.p99 ?? '-'} ms`)
+    // The cost a write pays whatever the handler does: with a handler that spends a millisecond on
+    // a database, this is what the ratio above becomes small against.
+    const added = (v: IngressVariantName, k: 'api' | 'nats'): string => {
+      const a = i.variants.find((x) => x.name === v)?.cpuUsPerRequest[k]
+      const b = base?.cpuUsPerRequest[k]
+      return a === null || a === undefined || b === null || b === undefined ? '-' : `+${a - b} us`
+    }
+    out.push(`   CPU the plugin adds per write: API ${added('with-plugin', 'api')}, nats-server ${added('with-plugin', 'nats')}; while spooling, API ${added('spooling', 'api')}`)
     const f = i.fixedRate
     out.push(`   at a fixed ${f.rate} writes/s (open loop, ${f.durationSeconds} s; latency from each request's due time):`)
     out.push(...table(['variant', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'non-2xx', 'ack p50/p99 ms', 'other procs (cores)'], [['without-plugin', f.withoutPlugin], ['with-plugin', f.withPlugin]].map(([name, o]) => {
