@@ -11,20 +11,18 @@ import type { NatsConnection } from '@nats-io/transport-node'
  */
 export class WriteCoalescer {
   #queue: Array<() => void> = []
-  #scheduled = false
 
-  /** Runs `write` at the end of this turn of the event loop, in order with the others. */
+  /**
+   * Runs `write` at the end of this turn of the event loop, in order with the others. A write
+   * handles its own errors: one that threw would leave the writes queued after it unmade.
+   */
   defer (write: () => void): void {
-    this.#queue.push(write)
-    if (this.#scheduled) return
-    this.#scheduled = true
-    setImmediate(this.#run)
+    if (this.#queue.push(write) === 1) setImmediate(this.#run)
   }
 
   readonly #run = (): void => {
     const queue = this.#queue
     this.#queue = []
-    this.#scheduled = false
     for (const write of queue) write()
   }
 }

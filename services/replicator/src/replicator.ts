@@ -90,7 +90,7 @@ export class Replicator {
   #slots!: Semaphore
   readonly #startedAt = new Date()
   #js!: JetStreamClient
-  #writes!: WriteCoalescer
+  readonly #writes: WriteCoalescer
   #jsm!: JetStreamManager
   #applied: AppliedLog | undefined
   #ids: IdMap | undefined
@@ -114,6 +114,7 @@ export class Replicator {
     // Every replay in flight listens on it.
     setMaxListeners(0, this.#shutdown.signal)
     this.#o = o
+    this.#writes = coalescerOf(o.connection)
     this.region = o.region
     this.#log = o.logger.child({ region: o.region })
     this.#n = names(o.namespace)
@@ -149,7 +150,6 @@ export class Replicator {
 
   async #setup (): Promise<void> {
     const nc = this.#o.connection
-    this.#writes = coalescerOf(nc)
     this.#watchConnection().catch((err) => this.#log.warn({ err }, 'NATS status watch ended'))
     this.#jsm = await jetstreamManager(nc)
     this.#js = jetstream(nc)
