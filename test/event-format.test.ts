@@ -189,7 +189,7 @@ describe('event signatures', () => {
 
 describe('replay signatures', () => {
   const signer = createSigner(KEY)
-  const replay = { eventId: 'e-1', origin: 'us', method: 'POST', body: Buffer.from('{"user":{"name":"ann"}}') }
+  const replay = { eventId: 'e-1', origin: 'us', method: 'POST', body: Buffer.from('{"user":{"name":"ann"}}'), seq: 41 as number | null, resource: '/v3/users/u1' }
   const now = Date.parse('2026-01-31T12:00:00Z')
 
   it('accepts a genuine replay signature, in either method case', () => {
@@ -204,13 +204,17 @@ describe('replay signatures', () => {
     expect(signer.verifyReplay(r, signer.signReplay(r, now), now)).toBe(true)
   })
 
-  it('refuses the signature for another body, method, id or origin', () => {
+  it('refuses the signature for another body, method, id, origin, sequence or resource', () => {
     const header = signer.signReplay(replay, now)
     expect(signer.verifyReplay({ ...replay, body: Buffer.from('{"user":{"name":"eve"}}') }, header, now)).toBe(false)
     expect(signer.verifyReplay({ ...replay, body: null }, header, now)).toBe(false)
     expect(signer.verifyReplay({ ...replay, method: 'PUT' }, header, now)).toBe(false)
     expect(signer.verifyReplay({ ...replay, eventId: 'e-2' }, header, now)).toBe(false)
     expect(signer.verifyReplay({ ...replay, origin: 'eu' }, header, now)).toBe(false)
+    // The target's sequence fence trusts these two, so a replay cannot be made to look newer.
+    expect(signer.verifyReplay({ ...replay, seq: 42 }, header, now)).toBe(false)
+    expect(signer.verifyReplay({ ...replay, seq: null }, header, now)).toBe(false)
+    expect(signer.verifyReplay({ ...replay, resource: '/v3/users/u2' }, header, now)).toBe(false)
   })
 
   it('refuses a signature older (or further ahead) than the tolerance', () => {

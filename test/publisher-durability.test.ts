@@ -593,7 +593,7 @@ describe('I4: replay guard', () => {
     const body = '{"user":{"id":"u7","name":"ann"}}'
     const eventId = `evt-${randomBytes(6).toString('hex')}`
     return async () => {
-      const signature = createSigner(SIGNING_KEY).signReplay({ eventId, origin: 'us', method: 'POST', body: Buffer.from(body) })
+      const signature = createSigner(SIGNING_KEY).signReplay({ eventId, origin: 'us', method: 'POST', body: Buffer.from(body), seq: null, resource: '' })
       const headers = { 'content-type': 'application/json', [IDEMPOTENCY_KEY_HEADER]: eventId, [REPLAY_ORIGIN_HEADER]: 'us', [REPLAY_SIGNATURE_HEADER]: signature }
       const res = await request(`${url}/v3/users`, { method: 'POST', headers, body })
       return { status: res.statusCode, type: res.headers['content-type'], body: await res.body.text() }

@@ -495,7 +495,7 @@ describe('publisher: replays and credentials', () => {
 
   function replayHeaders (body: string, opts: { key?: string, nowMs?: number, method?: string, eventId?: string } = {}): Record<string, string> {
     const eventId = opts.eventId ?? 'evt-1'
-    const sig = createSigner(opts.key ?? SIGNING_KEY).signReplay({ eventId, origin: 'eu', method: opts.method ?? 'POST', body: Buffer.from(body) }, opts.nowMs)
+    const sig = createSigner(opts.key ?? SIGNING_KEY).signReplay({ eventId, origin: 'eu', method: opts.method ?? 'POST', body: Buffer.from(body), seq: null, resource: '' }, opts.nowMs)
     return { ...json, [IDEMPOTENCY_KEY_HEADER]: eventId, [REPLAY_ORIGIN_HEADER]: 'eu', [REPLAY_SIGNATURE_HEADER]: sig }
   }
 

@@ -88,7 +88,7 @@ describe('applying events', () => {
     expect(req!.headers.authorization).toBe(`Bearer ${TOKEN}`)
     expect(req!.headers['content-type']).toBe('application/json; charset=utf-8')
     expect(req!.body.toString('utf8')).toBe('{"user":{"name":"ada","password":"pw"}}')
-    const identity = { eventId: json.id, origin: 'us', method: 'POST', body: req!.body }
+    const identity = { eventId: json.id, origin: 'us', method: 'POST', body: req!.body, seq: Number(req!.headers['x-regionsync-seq']), resource: json.resource }
     const signature = req!.headers['x-regionsync-signature'] as string
     expect(createSigner(SIGNING_KEY).verifyReplay(identity, signature)).toBe(true)
     expect(createSigner(OTHER_KEY).verifyReplay(identity, signature)).toBe(false)
@@ -116,14 +116,14 @@ describe('applying events', () => {
     expect(injected!.path).toBe('/v3/users')
     expect(JSON.parse(injected!.body.toString('utf8'))).toEqual({ user: { name: 'x', id: 'abc' } })
     // The signature covers the body the target actually got, so the receiving plugin accepts it.
-    expect(createSigner(SIGNING_KEY).verifyReplay({ eventId: inject.id, origin: 'us', method: 'POST', body: injected!.body },
+    expect(createSigner(SIGNING_KEY).verifyReplay({ eventId: inject.id, origin: 'us', method: 'POST', body: injected!.body, seq: Number(injected!.headers['x-regionsync-seq']), resource: inject.resource },
       injected!.headers['x-regionsync-signature'] as string)).toBe(true)
 
     const [asPut] = s.target.withKey(put.id)
     expect(asPut!.method).toBe('PUT')
     expect(asPut!.path).toBe('/v3/users/def')
     expect(asPut!.body.toString('utf8')).toBe('{"user":{"name":"y"}}')
-    expect(createSigner(SIGNING_KEY).verifyReplay({ eventId: put.id, origin: 'us', method: 'PUT', body: asPut!.body },
+    expect(createSigner(SIGNING_KEY).verifyReplay({ eventId: put.id, origin: 'us', method: 'PUT', body: asPut!.body, seq: Number(asPut!.headers['x-regionsync-seq']), resource: put.resource },
       asPut!.headers['x-regionsync-signature'] as string)).toBe(true)
   })
 })

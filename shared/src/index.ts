@@ -10,7 +10,7 @@ export {
 } from './event.js'
 export type { RegionsyncEvent, NewEventInput, MutationMethod, IdentityMode, CreatedResource } from './event.js'
 export {
-  EVENT_SIGNATURE_HEADER, REPLAY_SIGNATURE_HEADER, REPLAY_ORIGIN_HEADER, IDEMPOTENCY_KEY_HEADER, MIN_KEY_LENGTH,
+  EVENT_SIGNATURE_HEADER, REPLAY_SIGNATURE_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SEQ_HEADER, REPLAY_RESOURCE_HEADER, IDEMPOTENCY_KEY_HEADER, MIN_KEY_LENGTH,
   DEV_SIGNING_KEY, DEFAULT_REPLAY_TOLERANCE_MS, createSigner, parseSigningKey
 } from './signing.js'
 export type { Signer, ReplayIdentity } from './signing.js'

@@ -7,6 +7,10 @@ export const EVENT_SIGNATURE_HEADER = 'Regionsync-Signature'
 export const REPLAY_SIGNATURE_HEADER = 'x-regionsync-signature'
 export const REPLAY_ORIGIN_HEADER = 'x-regionsync-origin'
 export const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
+/** HTTP header with the event's stream sequence: the target's plugin answers an older one for a resource as superseded. */
+export const REPLAY_SEQ_HEADER = 'x-regionsync-seq'
+/** HTTP header with the event's resource key, which the sequence fence is kept per. */
+export const REPLAY_RESOURCE_HEADER = 'x-regionsync-resource'
 
 export const MIN_KEY_LENGTH = 32
 /** Used only when an operator explicitly runs in dev mode; never accepted otherwise. */
@@ -30,6 +34,10 @@ export interface ReplayIdentity {
   origin: string
   method: string
   body: Uint8Array | null
+  /** The event's stream sequence (`X-Regionsync-Seq`); null for a replay that has none (a repair). */
+  seq: number | null
+  /** The event's resource key (`X-Regionsync-Resource`). */
+  resource: string
 }
 
 export function parseSigningKey (key: unknown, option = 'signingKey'): string {
@@ -51,7 +59,10 @@ export function createSigner (key: string, replayToleranceMs = DEFAULT_REPLAY_TO
     createHmac('sha256', secret).update(EVENT_MAC_PREFIX).update(payload).digest('base64url')
   const replayMac = (r: ReplayIdentity, t: string): string => {
     const bodyHash = createHash('sha256').update(r.body ?? EMPTY).digest('base64')
-    return createHmac('sha256', secret).update(`regionsync-replay-v1\n${r.eventId}\n${r.origin}\n${r.method.toUpperCase()}\n${t}\n${bodyHash}`).digest('base64url')
+    // The sequence and resource are signed too: they decide what the target's fence lets through.
+    return createHmac('sha256', secret)
+      .update(`regionsync-replay-v2\n${r.eventId}\n${r.origin}\n${r.method.toUpperCase()}\n${t}\n${r.seq ?? ''}\n${r.resource}\n${bodyHash}`)
+      .digest('base64url')
   }
   return {
     signEvent: (payload) => 'v1=' + eventMac(payload),

@@ -201,7 +201,7 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
     const forged = (signature: string, body = '{"user":{"name":"forged"}}'): Promise<number> => http(`${eu.url}/v3/users`, 'POST', {
       'content-type': 'application/json', [IDEMPOTENCY_KEY_HEADER]: stored.event.id, [REPLAY_ORIGIN_HEADER]: 'us', [REPLAY_SIGNATURE_HEADER]: signature
     }, body)
-    const genuine = (nowMs: number, body: string): string => signer.signReplay({ eventId: stored.event.id, origin: 'us', method: 'POST', body: Buffer.from(body) }, nowMs)
+    const genuine = (nowMs: number, body: string): string => signer.signReplay({ eventId: stored.event.id, origin: 'us', method: 'POST', body: Buffer.from(body), seq: null, resource: '' }, nowMs)
     const pluginCases: PluginCase[] = [
       { name: 'malformed JSON', status: 400, send: async () => await http(`${source}/v3/users`, 'POST', jsonAuth, '{"user":') },
       { name: 'JSON that is not an object', status: 400, send: async () => await http(`${source}/v3/users`, 'POST', jsonAuth, '"user"') },
@@ -220,7 +220,7 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
       { name: 'wrong credentials', status: 401, send: async () => await http(`${source}/v3/users`, 'POST', { 'content-type': 'application/json', authorization: 'Bearer nope' }, '{"user":{"name":"x"}}') },
       { name: 'forged replay headers at the source', status: 401, send: async () => await http(`${source}/v3/users`, 'POST', { 'content-type': 'application/json', [IDEMPOTENCY_KEY_HEADER]: 'x', [REPLAY_ORIGIN_HEADER]: 'eu', [REPLAY_SIGNATURE_HEADER]: 't=1,v1=x' }, '{"user":{"name":"x"}}') },
       { name: 'replay with a garbage signature at a target', status: 401, send: async () => await forged('t=1,v1=AAAA') },
-      { name: 'replay signed with another key at a target', status: 401, send: async () => await forged(createSigner(OTHER_KEY).signReplay({ eventId: stored.event.id, origin: 'us', method: 'POST', body: Buffer.from('{"user":{"name":"forged"}}') })) },
+      { name: 'replay signed with another key at a target', status: 401, send: async () => await forged(createSigner(OTHER_KEY).signReplay({ eventId: stored.event.id, origin: 'us', method: 'POST', body: Buffer.from('{"user":{"name":"forged"}}'), seq: null, resource: '' })) },
       { name: 'replay with a stale genuine signature at a target', status: 401, send: async () => await forged(genuine(Date.now() - 2 * DEFAULT_REPLAY_TOLERANCE_MS, '{"user":{"name":"forged"}}')) },
       { name: 'genuine replay signature over another body', status: 401, send: async () => await forged(genuine(Date.now(), '{"user":{"name":"signed"}}'), '{"user":{"name":"swapped"}}') },
       { name: 'replay headers on an unknown method at a target', status: 401, send: async () => await raw(euPort, `PROPFIND /v3/users HTTP/1.1\r\nHost: x\r\n${IDEMPOTENCY_KEY_HEADER}: ${stored.event.id}\r\nContent-Length: 0\r\n\r\n`) }

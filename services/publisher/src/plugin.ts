@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { jetstreamManager } from '@nats-io/jetstream'
 import {
-  DEFAULT_MAX_AGE_MS, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
+  DEFAULT_MAX_AGE_MS, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER,
   connectNats, createEvent, createSigner, encodeEvent, ensureEventStream, names, parseStreamSettings, partitionOf,
   sealHeaders, serverMaxPayload, type MutationMethod, type Names, type Signer
 } from '@regionsync/shared'
@@ -276,7 +276,16 @@ function genuineReplay (request: FastifyRequest, capture: Capture, signer: Signe
   const id = request.headers[IDEMPOTENCY_KEY_HEADER]
   const origin = request.headers[REPLAY_ORIGIN_HEADER]
   if (typeof sig !== 'string' || typeof id !== 'string' || typeof origin !== 'string') return null
-  return signer.verifyReplay({ eventId: id, origin, method: request.method, body: capture.body }, sig) ? id : null
+  const seqHeader = request.headers[REPLAY_SEQ_HEADER]
+  const seq = typeof seqHeader === 'string' && /^\d{1,15}$/.test(seqHeader) ? Number(seqHeader) : null
+  const resourceHeader = request.headers[REPLAY_RESOURCE_HEADER]
+  let resource = ''
+  try {
+    resource = typeof resourceHeader === 'string' ? decodeURIComponent(resourceHeader) : ''
+  } catch {
+    return null
+  }
+  return signer.verifyReplay({ eventId: id, origin, method: request.method, body: capture.body, seq, resource }, sig) ? id : null
 }
 
 /** Builds and signs the event of one committed write. */

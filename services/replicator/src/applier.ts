@@ -1,5 +1,5 @@
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, openHeaders, type RegionsyncEvent, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, openHeaders, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { targetPath } from './target-path.js'
@@ -46,7 +46,7 @@ export interface ReplayResult {
  * base, the create's identifier put where the target will keep it, the region's own credential,
  * and the replay headers.
  */
-export function buildReplay (event: RegionsyncEvent, target: TargetSettings, signer: Signer): Replay {
+export function buildReplay (event: RegionsyncEvent, target: TargetSettings, signer: Signer, seq: number | null = null): Replay {
   const basePath = target.url.pathname.replace(/\/+$/, '')
   let method: string = event.method
   let path = event.path
@@ -63,8 +63,10 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
     'user-agent': USER_AGENT,
     [IDEMPOTENCY_KEY_HEADER]: event.id,
     [REPLAY_ORIGIN_HEADER]: event.origin,
-    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body })
+    [REPLAY_RESOURCE_HEADER]: encodeURIComponent(event.resource),
+    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body, seq, resource: event.resource })
   }
+  if (seq !== null) headers[REPLAY_SEQ_HEADER] = String(seq)
   if (event.contentType !== null) headers['content-type'] = event.contentType
   if (target.token !== undefined) headers.authorization = `Bearer ${target.token}`
   if (event.sealedHeaders !== null) {
