@@ -18,7 +18,7 @@ export interface RegionLag {
  * Exact lag of one region, read from JetStream's own consumer state (I7), so it is right even
  * when no replicator of the region runs. Per partition, the oldest unapplied event is the first
  * message on the partition's subject after the consumer's ack floor: everything up to the floor is
- * acknowledged, and `max_ack_pending: 1` means nothing past it is.
+ * acknowledged, and the first message past it is not (or the floor would have moved past it).
  */
 export async function regionLag (jsm: JetStreamManager, n: Names, region: string, partitions: number, now = new Date()): Promise<RegionLag> {
   let pending = 0

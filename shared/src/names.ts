@@ -46,6 +46,8 @@ export interface Names {
   replayBucket: string
   /** KV bucket of source id -> target id per region, for targets that assign their own ids. */
   idBucket: string
+  /** KV bucket of partition leases and live instances per region (who applies which partition). */
+  ownersBucket: string
   /** NATS subject every replicator answers status requests on. */
   statusSubject: string
   /** Subject on which one instance of a region replays a dead letter for `regionsync dlq replay`. */
@@ -68,6 +70,7 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     appliedBucket: `${ns}_applied`,
     replayBucket: `${ns}_replays`,
     idBucket: `${ns}_ids`,
+    ownersBucket: `${ns}_owners`,
     statusSubject: `${ns}.status`,
     dlqReplaySubject: (region) => `${ns}.dlq-replay.${region}`
   }

@@ -10,7 +10,12 @@ import { requireServerFeature } from './nats.js'
 const DAY_MS = 86_400_000
 export const DEFAULT_MAX_AGE_MS = 7 * DAY_MS
 export const DEFAULT_DUPLICATE_WINDOW_MS = 10 * 60_000
-export const DEFAULT_ACK_WAIT_MS = 30_000
+/**
+ * An event an owner holds is signalled as in progress every third of this, so it only runs out for
+ * an owner that died or froze; then it bounds how long that owner's events count as pending
+ * before the server hands them to the partition's new owner (which has applied them already).
+ */
+export const DEFAULT_ACK_WAIT_MS = 5000
 
 export interface StreamSettings {
   /** Partitions of the event stream; fixed for the stream's life. @default 16 (or what the stream has) */
@@ -173,12 +178,15 @@ export interface PartitionConsumerSettings {
   partition: number
   from: StartFrom
   ackWaitMs: number
+  /** Events the owner keeps in flight; the consumer allows twice that (see below). */
+  window: number
 }
 
 /**
  * One durable pull consumer per region and partition, shared by every instance of the region: the
- * durable queue group. `max_ack_pending: 1` is what keeps each partition, and so each resource, in
- * order across any number of instances and redeliveries.
+ * durable queue group. One instance owns a partition at a time (ownership.ts) and keeps up to its
+ * window in flight. The consumer allows twice the window unacknowledged, so a new owner can start
+ * while a dead owner's events still wait out their ack wait.
  */
 export interface PartitionConsumer {
   name: string
@@ -206,7 +214,7 @@ async function ensurePartitionConsumerOnce (jsm: JetStreamManager, n: Names, s: 
       filter_subject: filter,
       ack_policy: AckPolicy.Explicit,
       ack_wait: ms(s.ackWaitMs),
-      max_ack_pending: 1,
+      max_ack_pending: maxAckPendingFor(s.window),
       max_deliver: -1,
       ...deliverPolicy(s.from)
     }
@@ -218,10 +226,19 @@ async function ensurePartitionConsumerOnce (jsm: JetStreamManager, n: Names, s: 
       info = await jsm.consumers.info(n.eventStream, name)
     }
   }
-  if (info.config.filter_subject !== filter || info.config.max_ack_pending !== 1 || info.config.ack_policy !== AckPolicy.Explicit) {
+  if (info.config.filter_subject !== filter || info.config.ack_policy !== AckPolicy.Explicit) {
     throw new RegionsyncError(ErrorCode.StreamMismatch, `consumer ${name} exists with another filter or ack settings; delete it to let regionsync recreate it`)
   }
+  if ((info.config.max_ack_pending ?? 0) < maxAckPendingFor(s.window)) {
+    // Made by an older regionsync (one event at a time) or for a smaller window: widen it. The ack
+    // wait moves to this process's with it, since the old default held a dead owner's events 30 s.
+    info = await jsm.consumers.update(n.eventStream, name, { max_ack_pending: maxAckPendingFor(s.window), ack_wait: ms(s.ackWaitMs) })
+  }
   return { name, ackWaitMs: Math.round((info.config.ack_wait ?? ms(s.ackWaitMs)) / 1_000_000) }
+}
+
+function maxAckPendingFor (window: number): number {
+  return Math.max(2 * window, 64)
 }
 
 function deliverPolicy (from: StartFrom): Partial<ConsumerConfig> {

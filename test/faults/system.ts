@@ -115,7 +115,7 @@ export class FaultSystem {
     if (info.partitions !== this.options.partitions) throw new Error(`stream has ${info.partitions} partitions`)
     for (const region of TARGET_REGIONS) {
       await Promise.all(Array.from({ length: this.options.partitions }, async (_, partition) =>
-        await ensurePartitionConsumer(this.jsm, this.n, { region, partition, from: { kind: 'first' }, ackWaitMs: ACK_WAIT_MS })))
+        await ensurePartitionConsumer(this.jsm, this.n, { region, partition, from: { kind: 'first' }, ackWaitMs: ACK_WAIT_MS, window: 256 })))
     }
     for (const name of TARGET_REGIONS) {
       const token = `${name}-region-token-${randomBytes(8).toString('hex')}`

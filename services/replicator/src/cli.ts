@@ -90,13 +90,14 @@ async function replicate (args: string[], io: Io): Promise<number> {
     'target-token': { type: 'string', env: 'REGIONSYNC_TARGET_TOKEN' },
     'encryption-key': { type: 'string', env: 'REGIONSYNC_ENCRYPTION_KEY' },
     concurrency: { type: 'string', env: 'REGIONSYNC_CONCURRENCY' },
+    window: { type: 'string', env: 'REGIONSYNC_WINDOW' },
     'max-rps': { type: 'string', env: 'REGIONSYNC_MAX_RPS', fallback: '0' },
     'timeout-ms': { type: 'string', env: 'REGIONSYNC_TIMEOUT_MS', fallback: String(DEFAULT_REQUEST_TIMEOUT_MS) },
     connections: { type: 'string', env: 'REGIONSYNC_CONNECTIONS' },
     from: { type: 'string', env: 'REGIONSYNC_FROM', fallback: 'first' },
     dev: { type: 'boolean', env: 'REGIONSYNC_DEV' }
   }, io.env)
-  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO] [--concurrency N] [--max-rps N] [--timeout-ms N] [--connections N]'); return 0 }
+  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO] [--concurrency N] [--window N] [--max-rps N] [--timeout-ms N] [--connections N]'); return 0 }
   const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu'), '--region')
   const target = parseTargetUrl(required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API'), '--target')
   const metricsPort = port(f['metrics-port'], '--metrics-port')
@@ -110,10 +111,11 @@ async function replicate (args: string[], io: Io): Promise<number> {
   const encryptionKey = f['encryption-key'] as string | undefined
   if (encryptionKey !== undefined) parseEncryptionKey(encryptionKey, '--encryption-key')
   const from = parseStartFrom(f.from as string, '--from')
-  const concurrency = f.concurrency === undefined ? undefined : count(f.concurrency, '--concurrency', 1, 1024)
+  const concurrency = f.concurrency === undefined ? undefined : count(f.concurrency, '--concurrency', 1, 4096)
+  const window = f.window === undefined ? undefined : count(f.window, '--window', 1, 4096)
   const maxRps = count(f['max-rps'], '--max-rps', 0, 1_000_000)
   const requestTimeoutMs = count(f['timeout-ms'], '--timeout-ms', 100, 600_000)
-  const connections = f.connections === undefined ? undefined : count(f.connections, '--connections', 1, 1024)
+  const connections = f.connections === undefined ? undefined : count(f.connections, '--connections', 1, 4096)
   const namespace = validateNamespace(f.namespace, '--namespace')
   const metricsHost = f['metrics-host'] as string
   const log = createLogger({ name: 'regionsync' })
@@ -128,6 +130,7 @@ async function replicate (args: string[], io: Io): Promise<number> {
       signingKey,
       ...(encryptionKey !== undefined ? { encryptionKey } : {}),
       ...(concurrency !== undefined ? { concurrency } : {}),
+      ...(window !== undefined ? { window } : {}),
       ...(connections !== undefined ? { connections } : {}),
       maxRps,
       requestTimeoutMs,

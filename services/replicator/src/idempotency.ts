@@ -3,6 +3,8 @@ import { RegionRecords, type Names } from '@regionsync/shared'
 
 /** Kept a day longer than events, so no redelivery can outlive the record that it was applied. */
 export const APPLIED_TTL_MARGIN_MS = 86_400_000
+/** Event ids this instance settled lately, remembered in memory: more than one window of every partition. */
+const RECENT_LIMIT = 20_000
 
 /**
  * Which events a region has applied (I4), in JetStream KV so every instance of the region sees
@@ -11,6 +13,7 @@ export const APPLIED_TTL_MARGIN_MS = 86_400_000
  */
 export class AppliedLog {
   readonly #records: RegionRecords
+  readonly #recent = new Set<string>()
 
   private constructor (records: RegionRecords) {
     this.#records = records
@@ -25,11 +28,23 @@ export class AppliedLog {
   }
 
   async has (eventId: string): Promise<boolean> {
-    return await this.#records.get(eventId) !== null
+    return this.#recent.has(eventId) || await this.#records.get(eventId) !== null
   }
 
-  async record (eventId: string, status: number): Promise<void> {
-    await this.#records.put(eventId, JSON.stringify({ status, at: new Date().toISOString() }))
+  /**
+   * True when this instance settled the event itself lately. Costs nothing, so it is asked for
+   * every event: the same event stored twice (a publisher's retry past the duplicate window) is
+   * not sent twice while its first record is still on its way.
+   */
+  settledHere (eventId: string): boolean {
+    return this.#recent.has(eventId)
+  }
+
+  /** `outcome`: applied, already-applied, superseded or dead (a dead letter is final too). */
+  async record (eventId: string, outcome: string): Promise<void> {
+    this.#recent.add(eventId)
+    if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.values().next().value as string)
+    await this.#records.put(eventId, JSON.stringify({ outcome, at: new Date().toISOString() }))
   }
 
   close (): void {

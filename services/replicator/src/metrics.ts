@@ -38,7 +38,7 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
   const m: ReplicatorMetrics = {
     registry,
     applied: new Counter({ name: 'regionsync_events_applied_total', help: 'Events applied to the target (including ones the target already had)', labelNames: ['region'], registers }),
-    skipped: new Counter({ name: 'regionsync_events_skipped_total', help: 'Events acknowledged without a replay: own origin, or already applied', labelNames: ['region', 'reason'], registers }),
+    skipped: new Counter({ name: 'regionsync_events_skipped_total', help: 'Events acknowledged without applying them: own origin, already applied, or superseded (the target has a newer event of the resource)', labelNames: ['region', 'reason'], registers }),
     retries: new Counter({ name: 'regionsync_apply_retries_total', help: 'Replays that failed transiently and were scheduled again', labelNames: ['region'], registers }),
     deadLetters: new Counter({ name: 'regionsync_dead_letters_total', help: 'Events dead-lettered, by reason', labelNames: ['region', 'reason'], registers }),
     applySeconds: new Histogram({ name: 'regionsync_apply_duration_seconds', help: 'Duration of one replay request to the target', labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
@@ -49,6 +49,6 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
   m.applied.inc({ region }, 0)
   m.retries.inc({ region }, 0)
   for (const reason of DEAD_LETTER_REASONS) m.deadLetters.inc({ region, reason }, 0)
-  for (const reason of ['own-origin', 'already-applied']) m.skipped.inc({ region, reason }, 0)
+  for (const reason of ['own-origin', 'already-applied', 'superseded']) m.skipped.inc({ region, reason }, 0)
   return m
 }

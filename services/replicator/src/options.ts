@@ -10,6 +10,13 @@ import { DEFAULT_ALREADY_APPLIED, DEFAULT_RETRY, type AlreadyAppliedMap, type Re
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
 export const DEFAULT_LAG_CACHE_MS = 1000
+/**
+ * Events an instance keeps in flight per partition it owns. Far regions need many in flight (at
+ * an 80 ms round trip, a few hundred keep a region busy); each costs a few hundred bytes held.
+ */
+export const DEFAULT_WINDOW = 256
+/** Replays an instance sends at once, over all its partitions; also its keep-alive connections to the target. */
+export const DEFAULT_CONCURRENCY = 256
 
 export interface ReplicatorOptions {
   /** The region this replicator applies events to. */
@@ -36,7 +43,7 @@ export interface ReplicatorOptions {
   ackWaitMs?: number
   /** Timeout of one replay request. @default 10000 */
   requestTimeoutMs?: number
-  /** Keep-alive connections to the target. @default the stream's partition count */
+  /** Keep-alive connections to the target. @default the concurrency */
   connections?: number
   retry?: Partial<RetrySchedule>
   /** Statuses that count as already applied, per method. @default { DELETE: [404, 410], POST: [409] } */
@@ -46,8 +53,10 @@ export interface ReplicatorOptions {
   shutdownGraceMs?: number
   /** Name of this instance in status answers. @default hostname:pid */
   instance?: string
-  /** Replays in flight at once in this instance. @default the stream's partition count */
+  /** Replays in flight at once in this instance. @default 256 */
   concurrency?: number
+  /** Events in flight per owned partition; 1 applies a partition one event at a time. @default 256 */
+  window?: number
   /** Replays a second this instance sends at most (a token bucket); 0 for no limit. @default 0 */
   maxRps?: number
   breaker?: Partial<BreakerSettings>
@@ -73,7 +82,8 @@ export interface ParsedReplicatorOptions {
   registry: Registry | undefined
   shutdownGraceMs: number
   instance: string
-  concurrency: number | undefined
+  concurrency: number
+  window: number
   maxRps: number
   breaker: BreakerSettings
 }
@@ -123,7 +133,8 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
     registry: o.registry,
     shutdownGraceMs: positiveInt(o.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS, 'shutdownGraceMs', 0),
     instance: o.instance ?? `${process.env.HOSTNAME ?? 'replicator'}:${process.pid}`,
-    concurrency: o.concurrency === undefined ? undefined : positiveInt(o.concurrency, 'concurrency', 1),
+    concurrency: positiveInt(o.concurrency ?? DEFAULT_CONCURRENCY, 'concurrency', 1),
+    window: positiveInt(o.window ?? DEFAULT_WINDOW, 'window', 1),
     maxRps: positiveInt(o.maxRps ?? 0, 'maxRps', 0),
     breaker: parseBreaker(o.breaker)
   }

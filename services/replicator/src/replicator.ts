@@ -1,21 +1,24 @@
 import { setMaxListeners } from 'node:events'
-import { jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  findCreatedId, isNotFound, isRegionsyncError, names, parseStreamSettings, regionLag, serverMaxPayload,
+  findCreatedId, isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
 import { gatherStatus, type RegionStatus } from './cluster-status.js'
-import { isSuperseded, loadDeadLetter, publishDeadLetter, type DeadLetterReason } from './dead-letter.js'
+import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
+import { admit, dead, judge, type DeadVerdict, type Sent, type Verdict } from './event-verdict.js'
 import { AppliedLog } from './idempotency.js'
 import { IdMap } from './id-map.js'
 import { createReplicatorMetrics, type ReplicatorMetrics } from './metrics.js'
 import { DEFAULT_LAG_CACHE_MS, parseReplicatorOptions, type ParsedReplicatorOptions, type ReplicatorOptions } from './options.js'
+import { PartitionOwnership } from './ownership.js'
+import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
+import { PullStream } from './pull-stream.js'
 import { Semaphore, TokenBucket } from './rate-limit.js'
-import { backoffMs, classify } from './retry-policy.js'
 
 export interface ReplicatorStatus {
   region: string
@@ -25,6 +28,14 @@ export interface ReplicatorStatus {
   connected: boolean
   ready: boolean
   partitions: number
+  /** Partitions this instance owns now. */
+  owned: number[]
+  /** Live instances of the region, as this one sees them (itself included). */
+  instances: number
+  /** Events in flight per owned partition (1: one at a time). */
+  window: number
+  /** How ownership is decided and enforced on this server. */
+  ownership: string
   pending: number
   lagSeconds: number
   oldestPendingAt: string | null
@@ -38,12 +49,6 @@ export interface ReplicatorStatus {
   startedAt: string
 }
 
-/** What to do with one event, whatever carried it (the stream, or a dead-letter replay). */
-type Verdict =
-  | { kind: 'done', outcome: 'applied' | 'already-applied' | 'own-origin' }
-  | { kind: 'retry', delayMs: number, reason: string }
-  | { kind: 'dead', reason: DeadLetterReason, detail: string, status: number | null, excerpt: string }
-
 export interface DlqReplayResult {
   dlqSeq: number
   eventId: string | null
@@ -53,28 +58,13 @@ export interface DlqReplayResult {
 
 const RATE_WINDOW_S = 10
 
-/**
- * Lifetime of each pull request. A pull waits on the consumer's leader; when that server dies, the
- * request dies with it and the client only notices after two missed heartbeats (half the expiry
- * each), so the expiry bounds how long a partition stalls after a cluster node is lost: the
- * client's 30 s default held partitions that long (test/faults/nats-cluster.test.ts).
- */
-const PULL_EXPIRES_MS = 5000
+const OWNERSHIP_MODE = 'lease (JetStream KV, compare-and-set, renewed) with sequence fencing at the target'
 
 /**
- * Messages each pull asks for. max_ack_pending 1 still lets the server hand out only one at a
- * time, so this buffers nothing; but a pull for one message ends with it, and the next event of
- * the partition then waits for a new pull to reach the server, costing a round trip and a pull
- * request for the server to process per event. A standing pull is answered the moment the ack
- * lands. The server moves a pull that is not yet filled to the back of its queue after each
- * message, so the instances of a region still take turns.
- */
-const PULL_BATCH = 64
-
-/**
- * Applies one region's events to its target. Every instance of a region consumes the same durable
- * consumers, one per partition, so the region's instances form one queue group and each
- * partition (each resource) is applied in order (I3).
+ * Applies one region's events to its target. The region's instances share one durable consumer
+ * per partition; each partition is owned by one instance at a time (ownership.ts), which keeps
+ * many of its events in flight, one lane per resource (partition-worker.ts). So resources stay in
+ * order (I3) while the region's rate is bound by its target and its CPU, not by round trips.
  */
 export class Replicator {
   readonly region: string
@@ -87,17 +77,19 @@ export class Replicator {
   readonly #target: TargetSettings
   readonly #breaker: CircuitBreaker
   readonly #bucket: TokenBucket | null
-  #slots!: Semaphore
+  readonly #slots: Semaphore
   readonly #startedAt = new Date()
   #js!: JetStreamClient
   readonly #writes: WriteCoalescer
   #jsm!: JetStreamManager
   #applied: AppliedLog | undefined
   #ids: IdMap | undefined
+  #ownership: PartitionOwnership | undefined
+  readonly #workers = new Map<number, PartitionWorker>()
+  /** An event's final verdict, from its last attempt to its settlement. */
+  readonly #verdicts = new Map<Entry, Verdict>()
   #partitions = 0
-  #keepAliveMs = 10_000
-  #loops: Array<Promise<void>> = []
-  #iterators: ConsumerMessages[] = []
+  #ackWaitMs = 0
   #subscriptions: Subscription[] = []
   /** Aborts every replay still in flight when the shutdown grace period ends. */
   readonly #shutdown = new AbortController()
@@ -125,7 +117,7 @@ export class Replicator {
       url: o.target,
       token: o.targetToken,
       timeoutMs: o.requestTimeoutMs,
-      connections: o.connections ?? o.concurrency ?? 16,
+      connections: o.connections ?? o.concurrency,
       encryptionKey: o.encryptionKey
     }
     this.#client = new TargetClient(this.#target)
@@ -134,9 +126,10 @@ export class Replicator {
       this.#log[state === 'closed' ? 'info' : 'warn']({ state }, 'target breaker changed')
     })
     this.#bucket = o.maxRps > 0 ? new TokenBucket(o.maxRps) : null
+    this.#slots = new Semaphore(o.concurrency)
   }
 
-  /** Sets up the stream, the region's consumers and records, then starts consuming. */
+  /** Sets up the stream, the region's consumers and records, then starts taking its share of the partitions. */
   static async start (options: ReplicatorOptions): Promise<Replicator> {
     const r = new Replicator(parseReplicatorOptions(options))
     try {
@@ -156,16 +149,23 @@ export class Replicator {
     const settings = parseStreamSettings(this.#o.stream)
     const stream = await ensureEventStream(nc, this.#jsm, this.#n, settings)
     this.#partitions = stream.partitions
-    this.#slots = new Semaphore(this.#o.concurrency ?? this.#partitions)
     // The stream's own replicas, not this process's setting: a replicator started without one
     // (the command has none) must not put its records on a single server of an R3 deployment.
     await ensureDlqStream(this.#jsm, this.#n, stream.replicas)
     this.#applied = await AppliedLog.open(nc, this.#n, this.region, settings.maxAgeMs, stream.replicas)
     this.#ids = await IdMap.open(nc, this.#n, this.region, stream.replicas)
     const consumers = await Promise.all(Array.from({ length: this.#partitions }, async (_, partition) =>
-      await ensurePartitionConsumer(this.#jsm, this.#n, { region: this.region, partition, from: this.#o.from, ackWaitMs: this.#o.ackWaitMs })))
+      await ensurePartitionConsumer(this.#jsm, this.#n, { region: this.region, partition, from: this.#o.from, ackWaitMs: this.#o.ackWaitMs, window: this.#o.window })))
+    // The consumers' own ack wait (another instance may have made them with another): held events
+    // are signalled well within it.
+    this.#ackWaitMs = Math.min(...consumers.map((c) => c.ackWaitMs))
     this.#subscriptions.push(
-      nc.subscribe(this.#n.statusSubject, { callback: (err, msg) => { if (err === null) this.status().then((s) => msg.respond(JSON.stringify(s)), () => {}) } }),
+      nc.subscribe(this.#n.statusSubject, {
+        callback: (err, msg) => {
+          if (err !== null) return
+          this.status().then((s) => msg.respond(JSON.stringify(s)), (e: unknown) => this.#log.warn({ err: e }, 'could not answer a status request'))
+        }
+      }),
       nc.subscribe(this.#n.dlqReplaySubject(this.region), {
         queue: `${this.#n.namespace}_${this.region}`,
         callback: (err, msg) => {
@@ -176,23 +176,77 @@ export class Replicator {
         }
       })
     )
-    // Signal progress well within the ack wait the consumers really have (another instance may have
-    // created them with another one), or the server redelivers a long replay meanwhile.
-    this.#keepAliveMs = Math.max(100, Math.min(...consumers.map((c) => c.ackWaitMs)) / 3)
-    for (const { name } of consumers) {
-      const consumer = await this.#js.consumers.get(this.#n.eventStream, name)
-      const messages = await consumer.consume({ max_messages: PULL_BATCH, expires: PULL_EXPIRES_MS })
-      this.#iterators.push(messages)
-      this.#loops.push(this.#run(messages))
-    }
+    this.#ownership = await PartitionOwnership.open(nc, this.#n, {
+      region: this.region, instance: this.#o.instance, partitions: this.#partitions, replicas: stream.replicas, logger: this.#log
+    }, {
+      acquired: ({ partition }) => this.#startWorker(partition),
+      lost: (partition) => { void this.#stopWorker(partition, 'lost') },
+      release: async (partition) => await this.#stopWorker(partition, 'release')
+    })
+    this.#ownership.start()
     this.#rateTimer = setInterval(() => { this.#appliedRing.shift(); this.#appliedRing.push(this.#counts.applied) }, 1000)
     this.#rateTimer.unref()
     this.#started = true
-    this.#log.info({ partitions: this.#partitions, target: this.#o.target.origin, instance: this.#o.instance }, 'replicator started')
+    this.#log.info({ partitions: this.#partitions, window: this.#o.window, target: this.#o.target.origin, instance: this.#ownership.instanceId }, 'replicator started')
+  }
+
+  #startWorker (partition: number): void {
+    const own = this.#ownership as PartitionOwnership
+    const consumer = this.#n.consumer(this.region, partition)
+    const w = new PartitionWorker({
+      partition,
+      window: this.#o.window,
+      ackWaitMs: this.#ackWaitMs,
+      owns: () => own.owns(partition),
+      validForMs: () => own.validForMs(partition),
+      keyOf: (data) => {
+        try {
+          return decodeEvent(data).resource
+        } catch {
+          return null
+        }
+      },
+      isApplied: async (e) => {
+        const id = eventIdOf(e.data)
+        return id !== null && await (this.#applied as AppliedLog).has(id)
+      },
+      run: async (e) => await this.#attempt(e, () => own.owns(partition)),
+      settle: async (e, step) => await this.#settle(e, step),
+      outstanding: async () => await this.#outstanding(partition),
+      pulls: (handlers) => new PullStream(this.#o.connection, this.#writes, this.#n.eventStream, consumer, handlers),
+      log: this.#log
+    })
+    this.#workers.set(partition, w)
+    w.start().catch((err) => this.#log.error({ err, partition }, 'partition worker failed to start'))
+  }
+
+  async #stopWorker (partition: number, mode: 'release' | 'lost'): Promise<void> {
+    const w = this.#workers.get(partition)
+    if (w === undefined) return
+    this.#workers.delete(partition)
+    await w.stop(mode, this.#o.shutdownGraceMs)
+  }
+
+  /**
+   * The events a previous owner may still hold: past the consumer's ack floor, up to what it last
+   * delivered. They are applied (or found applied) before any later event of their resource.
+   */
+  async #outstanding (partition: number): Promise<StoredEvent[]> {
+    const info = await this.#jsm.consumers.info(this.#n.eventStream, this.#n.consumer(this.region, partition))
+    if (info.num_ack_pending === 0) return []
+    const from = info.ack_floor.stream_seq + 1
+    const to = info.delivered.stream_seq
+    const msgs = await readSubjectRange(this.#js, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
+    return msgs.map((m) => ({ seq: m.seq, subject: m.subject, data: m.data, signature: m.headers?.get(EVENT_SIGNATURE_HEADER) || undefined }))
   }
 
   get partitions (): number {
     return this.#partitions
+  }
+
+  /** Partitions this instance owns now. */
+  get owned (): number[] {
+    return this.#ownership?.owned ?? []
   }
 
   /** What this instance has done since it started. */
@@ -220,158 +274,82 @@ export class Replicator {
         this.#log.warn({ server: s.server }, 'disconnected from NATS')
       } else if (s.type === 'reconnect') {
         this.#connected = true
+        // A server that restarted may have lost consumer state and deliver applied events as new.
+        for (const w of this.#workers.values()) w.reverify()
         this.#log.info({ server: s.server }, 'reconnected to NATS')
       }
     }
   }
 
-  async #run (messages: ConsumerMessages): Promise<void> {
-    for await (const m of messages) {
-      await this.#handle(m)
-    }
-  }
-
-  async #handle (m: JsMsg): Promise<void> {
-    // A replay that waits (for a slot, the breaker or the target) must not look like a dead
-    // worker to the server, or it redelivers meanwhile.
-    const keepAlive = setInterval(() => m.working(), this.#keepAliveMs)
-    keepAlive.unref()
-    try {
-      const verdict = await this.#evaluate(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER), m.info.deliveryCount)
-      switch (verdict.kind) {
-        case 'done':
-          this.#settle(m, () => m.ack())
-          return
-        case 'retry':
-          this.#settle(m, () => m.nak(verdict.delayMs))
-          return
-        case 'dead':
-          await publishDeadLetter(this.#js, this.#n, {
-            v: 1,
-            region: this.region,
-            reason: verdict.reason,
-            detail: verdict.detail,
-            status: verdict.status,
-            excerpt: verdict.excerpt,
-            ...this.#eventFields(m.data),
-            streamSeq: m.seq,
-            subject: m.subject,
-            failedAt: new Date().toISOString(),
-            attempts: m.info.deliveryCount,
-            payload: Buffer.from(m.data).toString('base64'),
-            signature: m.headers?.get(EVENT_SIGNATURE_HEADER) ?? null
-          }, serverMaxPayload(this.#o.connection))
-          m.term()
-          this.#counts.deadLetters++
-          this.metrics.deadLetters.inc({ region: this.region, reason: verdict.reason })
-          this.#log.error({ seq: m.seq, reason: verdict.reason, status: verdict.status, detail: verdict.detail }, 'event dead-lettered')
-      }
-    } catch (err) {
-      // NATS itself failed us (KV or DLQ unreachable): hand the event back and try later.
-      this.#noteError(err)
-      this.#log.warn({ err, seq: m.seq }, 'event handling failed; will retry')
-      this.#settle(m, () => m.nak(backoffMs(m.info.deliveryCount, this.#o.retry)))
-    } finally {
-      clearInterval(keepAlive)
-    }
-  }
-
-  /** Acks or naks with the other writes of this turn; one lost with the connection is redelivered. */
-  #settle (m: JsMsg, answer: () => void): void {
-    this.#writes.defer(() => {
-      try {
-        answer()
-      } catch (err) {
-        this.#log.warn({ err, seq: m.seq }, 'could not answer the server for an event; it will be redelivered')
-      }
-    })
-  }
-
-  #eventFields (data: Uint8Array): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
-    try {
-      const e = decodeEvent(data)
-      return { eventId: e.id, resource: e.resource, method: e.method, path: e.path }
-    } catch {
-      return { eventId: null, resource: null, method: null, path: null }
-    }
-  }
-
-  /**
-   * Decides and carries out what one event needs: verify, skip what this region must not or need
-   * not apply, replay it, and record it as applied before the caller acknowledges it.
-   */
-  async #evaluate (data: Uint8Array, signature: string | undefined, attempt: number): Promise<Verdict> {
-    let event: RegionsyncEvent
-    try {
-      event = decodeEvent(data)
-    } catch (err) {
-      return this.#dead('malformed', (err as Error).message)
-    }
-    try {
-      this.#signer.verifyEvent(data, signature)
-    } catch (err) {
-      return this.#dead('bad-signature', (err as Error).message)
-    }
-    if (event.origin === this.region) {
-      this.metrics.skipped.inc({ region: this.region, reason: 'own-origin' })
-      return { kind: 'done', outcome: 'own-origin' }
-    }
-    if (await (this.#applied as AppliedLog).has(event.id)) {
-      this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
-      return { kind: 'done', outcome: 'already-applied' }
-    }
-    let replay: Replay
-    try {
-      const path = await (this.#ids as IdMap).translatePath(event.path, event.idSegments)
-      replay = buildReplay(path === event.path ? event : { ...event, path }, this.#target, this.#signer)
-    } catch (err) {
-      if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead('bad-path', err.message)
-      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead('undecryptable', (err as Error).message)
-      throw err
-    }
-    const learnId = event.created?.mode === 'translate'
-    const sent = await this.#send(replay, attempt, learnId)
-    const outcome = sent.status === null
-      ? { kind: 'retry' as const, delayMs: sent.aborted ? 0 : backoffMs(attempt, this.#o.retry), reason: sent.reason }
-      : classify(replay.method, sent.status, sent.headers, attempt, this.#o.retry, this.#o.alreadyApplied)
-    if (outcome.kind === 'retry' && isTargetDown(sent.status)) this.#breaker.failure()
-    else if (outcome.kind === 'applied' || outcome.kind === 'already-applied') this.#breaker.success()
-    else this.#breaker.neutral()
-    switch (outcome.kind) {
-      case 'applied':
-      case 'already-applied':
-        if (learnId && outcome.kind === 'applied' && event.created !== null) {
-          const assigned = findCreatedId(sent.json, event.created.field, false)
-          if (assigned !== null && assigned.id !== event.created.id) await (this.#ids as IdMap).put(event.created.id, assigned.id)
-        }
-        await this.#recordApplied(event.id, outcome.status)
-        this.#counts.applied++
-        this.metrics.applied.inc({ region: this.region })
-        this.metrics.endToEndSeconds.observe({ region: this.region }, Math.max(0, Date.now() - Date.parse(event.committedAt)) / 1000)
-        return { kind: 'done', outcome: outcome.kind }
+  /** One attempt at an event of an owned partition: the verdict, carried out as far as the ack. */
+  async #attempt (e: Entry, owns: () => boolean): Promise<Step> {
+    const v = await this.#evaluate(e.data, e.signature, e.seq, e.attempt, owns)
+    if (v === null) return { kind: 'fenced' }
+    switch (v.kind) {
       case 'retry':
-        if (this.#o.retry.maxAttempts > 0 && attempt >= this.#o.retry.maxAttempts) {
-          return this.#dead('too-many-attempts', `${outcome.reason} after ${attempt} attempts`)
-        }
         this.#counts.retries++
         this.metrics.retries.inc({ region: this.region })
-        this.#noteError(new Error(outcome.reason))
-        this.#log.warn({ eventId: event.id, attempt, delayMs: outcome.delayMs, reason: outcome.reason }, 'replay failed; retrying')
-        return outcome
-      case 'reject':
-        return this.#dead('rejected', outcome.reason, outcome.status, sent.excerpt)
+        this.#noteError(new Error(v.reason))
+        this.#log.warn({ seq: e.seq, attempt: e.attempt, delayMs: v.delayMs, reason: v.reason }, 'replay failed; retrying')
+        return { kind: 'retry', delayMs: v.delayMs }
+      case 'done':
+        this.#verdicts.set(e, v)
+        return { kind: 'done' }
+      case 'dead':
+        this.#verdicts.set(e, v)
+        return { kind: 'dead' }
     }
   }
 
+  /** Records what an event came to, before the server is answered for it. */
+  async #settle (e: Entry, step: Step & { kind: 'done' | 'dead' }): Promise<void> {
+    const v = this.#verdicts.get(e)
+    this.#verdicts.delete(e)
+    const id = eventIdOf(e.data)
+    if (step.kind === 'dead' && v?.kind === 'dead') {
+      await this.#deadLetter(e, v)
+      if (id !== null) await this.#record(id, 'dead')
+      return
+    }
+    // Found applied by the worker's check: nothing to record.
+    if (v === undefined) {
+      this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
+      return
+    }
+    if (v.kind === 'done' && v.outcome !== 'own-origin' && id !== null) await this.#record(id, v.outcome)
+  }
+
+  async #deadLetter (e: Entry, v: DeadVerdict): Promise<void> {
+    await publishDeadLetter(this.#js, this.#n, {
+      v: 1,
+      region: this.region,
+      reason: v.reason,
+      detail: v.detail,
+      status: v.status,
+      excerpt: v.excerpt,
+      ...eventFields(e.data),
+      streamSeq: e.seq,
+      subject: e.subject,
+      failedAt: new Date().toISOString(),
+      attempts: Math.max(e.attempt, e.deliveryCount),
+      payload: Buffer.from(e.data).toString('base64'),
+      signature: e.signature ?? null
+    }, serverMaxPayload(this.#o.connection))
+    this.#counts.deadLetters++
+    this.metrics.deadLetters.inc({ region: this.region, reason: v.reason })
+    this.#log.error({ seq: e.seq, reason: v.reason, status: v.status, detail: v.detail }, 'event dead-lettered')
+  }
+
   /**
-   * The target has the write: until the record holds, a redelivery would replay it (harmless on a
-   * target with the plugin, a second write on one without). While JetStream is unreachable the ack
-   * could not land either, so keep trying; on close, give up and let the redelivery be deduplicated.
+   * The target has the write (or the verdict is final): until the record holds, a redelivery would
+   * replay it (harmless on a target with the plugin, a second write on one without). While
+   * JetStream is unreachable the ack could not land either, so keep trying; on close, give up and
+   * let the redelivery be deduplicated.
    */
-  async #recordApplied (eventId: string, status: number): Promise<void> {
+  async #record (eventId: string, outcome: string): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await (this.#applied as AppliedLog).record(eventId, status)
+        await (this.#applied as AppliedLog).record(eventId, outcome)
         return
       } catch (err) {
         if (this.#closing !== null) throw err
@@ -381,29 +359,79 @@ export class Replicator {
     }
   }
 
-  #dead (reason: DeadLetterReason, detail: string, status: number | null = null, excerpt = ''): Verdict {
-    this.#noteError(new Error(`${reason}: ${detail}`))
-    return { kind: 'dead', reason, detail, status, excerpt }
+  /**
+   * Decides and carries out what one event needs: verify, skip what this region must not apply,
+   * replay it (only while `owns()` holds, checked right before the request goes out), and judge
+   * the answer. Null when ownership ended before the replay went out.
+   */
+  async #evaluate (data: Uint8Array, signature: string | undefined, seq: number | null, attempt: number, owns: () => boolean): Promise<Verdict | null> {
+    const a = admit(data, signature, this.region, this.#signer)
+    if (a.kind !== 'replay') {
+      if (a.kind === 'done') this.metrics.skipped.inc({ region: this.region, reason: a.outcome })
+      else if (a.kind === 'dead') this.#noteError(new Error(`${a.reason}: ${a.detail}`))
+      return a
+    }
+    const event = a.event
+    if ((this.#applied as AppliedLog).settledHere(event.id)) {
+      this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
+      return { kind: 'done', outcome: 'already-applied' }
+    }
+    let replay: Replay
+    try {
+      const path = await (this.#ids as IdMap).translatePath(event.path, event.idSegments)
+      replay = buildReplay(path === event.path ? event : { ...event, path }, this.#target, this.#signer, seq)
+    } catch (err) {
+      if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead(dead('bad-path', err.message))
+      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', (err as Error).message))
+      throw err
+    }
+    const learnId = event.created?.mode === 'translate'
+    const sent = await this.#send(replay, attempt, learnId, owns)
+    if (sent === null) return null
+    const v = judge(replay.method, sent, attempt, { retry: this.#o.retry, alreadyApplied: this.#o.alreadyApplied })
+    if (v.kind === 'retry' && isTargetDown(sent.status)) this.#breaker.failure()
+    else if (v.kind === 'done') this.#breaker.success()
+    else this.#breaker.neutral()
+    if (v.kind === 'dead') return this.#dead(v)
+    if (v.kind !== 'done') return v
+    if (v.outcome === 'superseded') {
+      this.metrics.skipped.inc({ region: this.region, reason: 'superseded' })
+      return v
+    }
+    if (learnId && v.outcome === 'applied' && event.created !== null) {
+      const assigned = findCreatedId(sent.json, event.created.field, false)
+      if (assigned !== null && assigned.id !== event.created.id) await (this.#ids as IdMap).put(event.created.id, assigned.id)
+    }
+    this.#counts.applied++
+    this.metrics.applied.inc({ region: this.region })
+    this.metrics.endToEndSeconds.observe({ region: this.region }, Math.max(0, Date.now() - Date.parse(event.committedAt)) / 1000)
+    return v
   }
 
-  async #send (replay: Replay, attempt: number, readJson: boolean): Promise<{
-    status: number | null, headers: Record<string, string | string[] | undefined>, excerpt: string, json?: unknown, reason: string, aborted: boolean
-  }> {
+  #dead (v: DeadVerdict): DeadVerdict {
+    this.#noteError(new Error(`${v.reason}: ${v.detail}`))
+    return v
+  }
+
+  /** Sends one replay within the instance's limits; null when ownership ended before it could go out. */
+  async #send (replay: Replay, attempt: number, readJson: boolean, owns: () => boolean): Promise<(Sent & { json?: unknown }) | null> {
     const abort = this.#shutdown.signal
     const release = await this.#slots.acquire()
     try {
       await this.#breaker.acquire(abort)
       if (this.#bucket !== null) await this.#bucket.take()
+      // Last check before the request leaves: a stale owner (paused past its lease) sends nothing.
+      if (!owns()) return null
       const timer = this.metrics.applySeconds.startTimer({ region: this.region })
       try {
         const res = await this.#client.send(replay, abort, readJson)
-        return { ...res, reason: `target answered ${res.status}`, aborted: false }
+        return { ...res, failure: null, aborted: false }
       } finally {
         timer()
       }
     } catch (err) {
       const code = (err as { code?: string }).code
-      return { status: null, headers: {}, excerpt: '', reason: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.aborted }
+      return { status: null, headers: {}, excerpt: '', failure: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.aborted }
     } finally {
       release()
     }
@@ -427,12 +455,16 @@ export class Replicator {
       ? { data: Buffer.from(letter.payload, 'base64'), signature: letter.signature ?? undefined }
       : await this.#storedEvent(letter.streamSeq)
     if (event === null) return { ...base, outcome: 'failed', detail: `event ${letter.streamSeq} is no longer in the event stream` }
-    const verdict = await this.#evaluate(event.data, event.signature, 1)
-    if (verdict.kind === 'done') {
+    // No sequence: the target's fence has moved on past it if anything newer was applied, and the
+    // superseded check above already refused that case.
+    const verdict = await this.#evaluate(event.data, event.signature, null, 1, () => true)
+    if (verdict?.kind === 'done') {
+      const id = eventIdOf(event.data)
+      if (id !== null && verdict.outcome !== 'own-origin') await this.#record(id, verdict.outcome)
       await this.#jsm.streams.deleteMessage(this.#n.dlqStream, dlqSeq)
-      return { ...base, outcome: verdict.outcome === 'already-applied' ? 'already-applied' : 'applied', detail: '' }
+      return { ...base, outcome: verdict.outcome === 'already-applied' ? 'already-applied' : verdict.outcome === 'superseded' ? 'superseded' : 'applied', detail: '' }
     }
-    return { ...base, outcome: 'failed', detail: verdict.kind === 'dead' ? `${verdict.reason}: ${verdict.detail}` : verdict.reason }
+    return { ...base, outcome: 'failed', detail: verdict === null ? 'closing' : verdict.kind === 'dead' ? `${verdict.reason}: ${verdict.detail}` : verdict.reason }
   }
 
   /** An event as the stream holds it, for a letter too large to have carried it; null when it is gone. */
@@ -475,6 +507,10 @@ export class Replicator {
       connected: this.connected,
       ready: this.ready,
       partitions: this.#partitions,
+      owned: this.owned,
+      instances: this.#ownership?.members.length ?? 0,
+      window: this.#o.window,
+      ownership: OWNERSHIP_MODE,
       pending: lag.pending,
       lagSeconds: lag.lagSeconds,
       oldestPendingAt: lag.oldestPendingAt?.toISOString() ?? null,
@@ -489,9 +525,10 @@ export class Replicator {
   }
 
   /**
-   * Stops pulling, lets in-flight replays finish within the grace period (then aborts them and
-   * hands their events back for immediate redelivery), closes the target pool and, when it owns
-   * the connection, drains NATS. Every call returns the same promise.
+   * Stops taking work, lets in-flight replays finish within the grace period (then aborts them and
+   * hands their events back), releases its partitions so the region's other instances take them at
+   * once, closes the target pool and, when it owns the connection, drains NATS. Every call returns
+   * the same promise.
    */
   close (): Promise<void> {
     this.#closing ??= this.#close()
@@ -500,15 +537,17 @@ export class Replicator {
 
   async #close (): Promise<void> {
     for (const s of this.#subscriptions) s.unsubscribe()
-    for (const it of this.#iterators) {
-      try { it.stop() } catch (err) { this.#log.warn({ err }, 'stopping a consumer failed') }
-    }
     if (this.#rateTimer !== null) clearInterval(this.#rateTimer)
     const grace = setTimeout(() => {
       this.#shutdown.abort()
       this.#breaker.close()
     }, this.#o.shutdownGraceMs)
-    await Promise.allSettled(this.#loops)
+    try {
+      await this.#ownership?.close()
+    } catch (err) {
+      this.#log.warn({ err }, 'releasing partitions failed')
+    }
+    await Promise.allSettled([...this.#workers.keys()].map(async (p) => await this.#stopWorker(p, 'release')))
     clearTimeout(grace)
     this.#breaker.close()
     this.#applied?.close()
@@ -518,5 +557,23 @@ export class Replicator {
       try { await this.#o.connection.drain() } catch (err) { this.#log.warn({ err }, 'draining NATS failed') }
     }
     this.#log.info({ applied: this.#counts.applied }, 'replicator stopped')
+  }
+}
+
+/** The event id, read without decoding the whole event when it can be; null when undecodable. */
+function eventIdOf (data: Uint8Array): string | null {
+  try {
+    return decodeEvent(data).id
+  } catch {
+    return null
+  }
+}
+
+function eventFields (data: Uint8Array): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
+  try {
+    const e = decodeEvent(data)
+    return { eventId: e.id, resource: e.resource, method: e.method, path: e.path }
+  } catch {
+    return { eventId: null, resource: null, method: null, path: null }
   }
 }
