@@ -435,6 +435,13 @@ describe('chaos: 4 instances per region, one killed -9 every 1-2 s', () => {
       `${region}: applied ${t.applied}/${events.length}, pending ${pending[region as 'eu' | 'ap']}, duplicate deliveries dropped ${t.duplicatesDropped}, ` +
       `requests ${t.received}, refused ${t.refused.length}${t.refused.length === 0 ? '' : ` (first: ${t.refused.slice(0, 3).join('; ')})`}`).join('\n')
     clearInterval(progress)
+    // Where anything is left: per partition, what the consumer holds and who owns it.
+    for (const region of ['eu', 'ap']) {
+      for (let p = 0; p < PARTITIONS; p++) {
+        const ci = await jsm.consumers.info(names(ns).eventStream, names(ns).consumer(region, p))
+        if (ci.num_pending + ci.num_ack_pending > 0) timeline.push(`${region} p${p}: pending ${ci.num_pending}, ack pending ${ci.num_ack_pending}, redelivered ${ci.num_redelivered}, waiting pulls ${ci.num_waiting}, floor ${ci.ack_floor.stream_seq}, delivered ${ci.delivered.stream_seq}`)
+      }
+    }
     console.info(`chaos (seed ${seed}): ${kills} kills over ${(chaosMs / 1000).toFixed(1)} s, done after ${((Date.now() - startedAt) / 1000).toFixed(1)} s\n${summary}`)
 
     expect(kills).toBeGreaterThanOrEqual(5)

@@ -42,7 +42,8 @@ export class AppliedLog {
 
   /** `outcome`: applied, already-applied, superseded or dead (a dead letter is final too). */
   async record (eventId: string, outcome: string): Promise<void> {
-    this.#recent.add(eventId)
+    // A dead letter is final for the stream, not for `dlq replay`, which must be able to send it.
+    if (outcome !== 'dead') this.#recent.add(eventId)
     if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.values().next().value as string)
     await this.#records.put(eventId, JSON.stringify({ outcome, at: new Date().toISOString() }))
   }

@@ -37,6 +37,8 @@ export interface OwnershipHandlers {
 }
 
 interface Held {
+  /** The revision the lease was created with: tells one ownership of the partition from the next. */
+  epoch: number
   revision: number
   /** performance.now() until which this instance may act as the owner. */
   validUntil: number
@@ -101,10 +103,28 @@ export class PartitionOwnership {
     return this.#instance
   }
 
-  /** True while this instance may act for the partition (checked before every replay it sends). */
-  owns (partition: number): boolean {
+  /**
+   * True while this instance may act for the partition under the ownership that began with
+   * `epoch` (checked before every replay it sends): a worker of an earlier ownership of the same
+   * partition by this same instance is fenced too.
+   */
+  owns (partition: number, epoch: number): boolean {
     const h = this.#held.get(partition)
-    return h !== undefined && !h.releasing && performance.now() < h.validUntil
+    return h !== undefined && h.epoch === epoch && !h.releasing && performance.now() < h.validUntil
+  }
+
+  /**
+   * Gives up the partition now (its worker could not keep it in order: it stopped acting while the
+   * lease lapsed). The lease is deleted so that the next owner, maybe this instance again, starts
+   * from what the consumer holds.
+   */
+  relinquish (partition: number, epoch: number): void {
+    const h = this.#held.get(partition)
+    if (h === undefined || h.epoch !== epoch) return
+    this.#held.delete(partition)
+    this.#log.warn({ partition }, 'partition given up after its ownership lapsed')
+    this.#h.lost(partition)
+    void this.#kv.delete(this.#leaseKey(partition), { previousSeq: h.revision }).catch(() => {})
   }
 
   /** Milliseconds this instance may still act for the partition without another renewal. */
@@ -115,7 +135,7 @@ export class PartitionOwnership {
 
   /** Partitions this instance owns now, ascending. */
   get owned (): number[] {
-    return [...this.#held.keys()].filter((p) => this.owns(p)).sort((a, b) => a - b)
+    return [...this.#held.entries()].filter(([p, h]) => this.owns(p, h.epoch)).map(([p]) => p).sort((a, b) => a - b)
   }
 
   /** Live instances of the region this instance knows of, itself included. */
@@ -183,7 +203,7 @@ export class PartitionOwnership {
       await this.#kv.delete(key, { previousSeq: revision }).catch(() => {})
       return
     }
-    this.#held.set(partition, { revision, validUntil: sentAt + LEASE_TTL_MS - LEASE_SAFETY_MS, releasing: false })
+    this.#held.set(partition, { epoch: revision, revision, validUntil: sentAt + LEASE_TTL_MS - LEASE_SAFETY_MS, releasing: false })
     this.#log.info({ partition, revision }, 'partition acquired')
     this.#h.acquired({ partition, revision })
   }

@@ -43,6 +43,8 @@ export interface PartitionWorkerDeps {
   ackWaitMs: number
   /** True while this instance may act for the partition. */
   owns: () => boolean
+  /** An event found the partition no longer owned while the worker was not stopping: give it up. */
+  fenced: () => void
   /** How long it may still act without another renewal; no pull outlives it. */
   validForMs: () => number
   /** The event's resource key; null when it cannot be decoded. */
@@ -62,6 +64,7 @@ export interface PartitionWorkerDeps {
 export interface PullSource {
   readonly requested: number
   readonly live: number
+  readonly allExpireAt: number
   pull: (r: PullRequest) => void
   stop: () => void
   close: () => void
@@ -200,6 +203,10 @@ export class PartitionWorker {
         if (step.kind === 'fenced') {
           for (const rest of lane) this.#handBack(rest)
           lane.length = 0
+          // Other lanes may go on if ownership comes back with a late renewal, and one of their
+          // later events could overtake an event handed back here: the partition starts over
+          // under a new ownership instead, which reads what is outstanding first.
+          if (this.#stopping === null) this.#d.fenced()
           return
         }
         lane.shift()
@@ -220,10 +227,18 @@ export class PartitionWorker {
       }
       if (this.#verifying && ++this.#verifyMisses >= VERIFY_STREAK) this.#verifying = false
     }
-    for (;;) {
+    for (let failures = 0; ;) {
       if (this.#stopping === 'lost' || !this.#d.owns()) return { kind: 'fenced' }
       e.attempt++
-      const step = await this.#d.run(e)
+      let step: Step
+      try {
+        step = await this.#d.run(e)
+      } catch (err) {
+        // NATS itself failed us (a record or a mapping could not be read): the event stays at the
+        // head of its lane and is tried again, as any transient failure.
+        this.#d.log.warn({ err, seq: e.seq, partition: this.partition }, 'event handling failed; will retry')
+        step = { kind: 'retry', delayMs: Math.min(5000, 250 * 2 ** Math.min(failures++, 5)) }
+      }
       if (step.kind !== 'retry') return step
       await this.#sleep(step.delayMs)
     }
@@ -312,7 +327,10 @@ export class PartitionWorker {
     for (const wake of [...this.#wakers]) wake()
     const deadline = Date.now() + (mode === 'lost' ? 0 : graceMs)
     if (mode === 'release') {
-      while (((this.#pulls?.live ?? 0) > 0 || this.#held.size > 0) && Date.now() < deadline) {
+      // Until the last pull has expired on the server, it could still hand this instance an event
+      // the next owner would not know of (the server's trip time is covered by the pull margin).
+      const pullsGone = (this.#pulls?.allExpireAt ?? 0) + PULL_MARGIN_MS
+      while ((Date.now() < pullsGone || this.#held.size > 0) && Date.now() < Math.max(deadline, pullsGone)) {
         await new Promise((resolve) => setTimeout(resolve, 50))
         // Keep what waits alive at the server meanwhile.
         const due = Date.now() - this.#d.ackWaitMs / 3

@@ -92,6 +92,8 @@ export class PullStream {
   readonly #onEnded: (status: number | null) => void
   #next = 0
   #stopped = false
+  /** Date.now() by which every pull issued so far has expired on the server. */
+  #allExpireAt = 0
 
   constructor (nc: NatsConnection, writes: WriteCoalescer, stream: string, consumer: string, handlers: { onDelivery: (d: Delivery) => void, onEnded: (status: number | null) => void }) {
     this.#nc = nc
@@ -110,10 +112,18 @@ export class PullStream {
     return n
   }
 
-  /** Pulls that have not ended yet. */
+  /** Pulls that have not ended yet, as far as this side can tell. */
   get live (): number {
     this.#expireLost()
     return this.#pulls.size
+  }
+
+  /**
+   * When no pull issued so far can still be served. The server fills its waiting pulls in turns,
+   * so which pull a message counted against is a guess; this bound is not.
+   */
+  get allExpireAt (): number {
+    return this.#allExpireAt
   }
 
   pull (r: PullRequest): void {
@@ -121,6 +131,7 @@ export class PullStream {
     const token = (this.#next++).toString(36)
     const expiresMs = r.noWait === true ? 0 : Math.max(1, Math.floor(r.expiresMs ?? 1000))
     this.#pulls.set(token, { remaining: r.batch, deadline: Date.now() + expiresMs + LOST_PULL_GRACE_MS })
+    this.#allExpireAt = Math.max(this.#allExpireAt, Date.now() + expiresMs)
     const body = JSON.stringify(r.noWait === true ? { batch: r.batch, no_wait: true } : { batch: r.batch, expires: expiresMs * 1_000_000 })
     this.#writes.defer(() => {
       try {

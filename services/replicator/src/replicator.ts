@@ -179,7 +179,7 @@ export class Replicator {
     this.#ownership = await PartitionOwnership.open(nc, this.#n, {
       region: this.region, instance: this.#o.instance, partitions: this.#partitions, replicas: stream.replicas, logger: this.#log
     }, {
-      acquired: ({ partition }) => this.#startWorker(partition),
+      acquired: ({ partition, revision }) => this.#startWorker(partition, revision),
       lost: (partition) => { void this.#stopWorker(partition, 'lost') },
       release: async (partition) => await this.#stopWorker(partition, 'release')
     })
@@ -190,14 +190,15 @@ export class Replicator {
     this.#log.info({ partitions: this.#partitions, window: this.#o.window, target: this.#o.target.origin, instance: this.#ownership.instanceId }, 'replicator started')
   }
 
-  #startWorker (partition: number): void {
+  #startWorker (partition: number, epoch: number): void {
     const own = this.#ownership as PartitionOwnership
     const consumer = this.#n.consumer(this.region, partition)
     const w = new PartitionWorker({
       partition,
       window: this.#o.window,
       ackWaitMs: this.#ackWaitMs,
-      owns: () => own.owns(partition),
+      owns: () => own.owns(partition, epoch),
+      fenced: () => own.relinquish(partition, epoch),
       validForMs: () => own.validForMs(partition),
       keyOf: (data) => {
         try {
@@ -210,7 +211,7 @@ export class Replicator {
         const id = eventIdOf(e.data)
         return id !== null && await (this.#applied as AppliedLog).has(id)
       },
-      run: async (e) => await this.#attempt(e, () => own.owns(partition)),
+      run: async (e) => await this.#attempt(e, () => own.owns(partition, epoch)),
       settle: async (e, step) => await this.#settle(e, step),
       outstanding: async () => await this.#outstanding(partition),
       pulls: (handlers) => new PullStream(this.#o.connection, this.#writes, this.#n.eventStream, consumer, handlers),
