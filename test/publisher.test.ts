@@ -700,6 +700,8 @@ describe('publisher: options', () => {
     expectInvalidOption(await registerError({ ...base, namespace: 'Bad-NS' }), 'namespace')
     expectInvalidOption(await registerError({ ...base, createdId: '' }), 'createdId')
     expectInvalidOption(await registerError({ ...base, identity: 'guess' as never }), 'identity')
+    expectInvalidOption(await registerError({ ...base, sealBodies: true }), 'encryptionKey')
+    expectInvalidOption(await registerError({ ...base, sealBodies: 'yes' as never }), 'sealBodies')
   })
 })
 
