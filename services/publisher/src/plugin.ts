@@ -223,7 +223,11 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
         done(null, payload)
         return
       }
-      capture.sending = work.then((out) => { done(null, out) }, (err: Error) => { done(err) })
+      capture.sending = work
+        .then((out) => { done(null, out) }, (err: Error) => { done(err) })
+        // Fastify writing the reply failed (the socket went, a hook of the app's sent meanwhile):
+        // nothing left to answer, and an unhandled rejection would end the process.
+        .catch((err: unknown) => { request.log.error({ err }, 'regionsync could not hand a reply back to Fastify') })
     }] as RouteOptions['onSend']
   })
 
