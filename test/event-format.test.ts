@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import {
   BadSignatureError, DEFAULT_REPLAY_TOLERANCE_MS, ErrorCode, EVENT_VERSION, InvalidOptionError, MalformedEventError, MIN_KEY_LENGTH,
-  createEvent, createSigner, decodeEvent, encodeEvent, eventBody, parseSigningKey, parseStartFrom, partitionOf,
+  createEvent, createSigner, decodeEvent, encodeEvent, eventBody, openEventBody, parseSigningKey, parseStartFrom, partitionOf,
   type RegionsyncEvent
 } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
@@ -90,6 +90,38 @@ describe('event format', () => {
   it('fills the defaults a minimal event needs', () => {
     const e = createEvent({ origin: 'eu', method: 'DELETE', path: '/v3/users/u1', resource: '/v3/users/u1' })
     expect(decodeEvent(encodeEvent(e))).toMatchObject({ query: '', contentType: null, body: null, headers: {}, created: null })
+  })
+})
+
+describe('sealed bodies', () => {
+  const key = randomBytes(32)
+  const body = Buffer.from('{"user":{"name":"ann","password":"hunter2"}}')
+
+  it('travel encrypted and open with the key, byte for byte, through encoding and decoding', () => {
+    const event = sample({ body, sealBodyWith: key })
+    expect(event.bodyEncoding).toBe('sealed')
+    const data = encodeEvent(event)
+    expect(Buffer.from(data).includes('hunter2')).toBe(false)
+    const decoded = decodeEvent(data)
+    expect(openEventBody(decoded, key)?.equals(body)).toBe(true)
+    // An unsealed event opens without a key.
+    expect(openEventBody(sample({ body }), undefined)?.equals(body)).toBe(true)
+    expect(openEventBody(sample({ body: null, sealBodyWith: key }), key)).toBeNull()
+  })
+
+  it('refuse to open without the key, with another key, or moved to another event; eventBody refuses them', () => {
+    const event = sample({ body, sealBodyWith: key })
+    expect(() => openEventBody(event, undefined)).toThrow(MalformedEventError)
+    expect(() => openEventBody(event, randomBytes(32))).toThrow(/does not open/)
+    expect(() => openEventBody({ ...event, id: 'another-event' }, key)).toThrow(/does not open/)
+    expect(() => eventBody(event)).toThrow(/sealed/)
+  })
+
+  it('a sealed body must be base64url text', () => {
+    const e = JSON.parse(JSON.stringify(sample({ body, sealBodyWith: key }))) as Record<string, unknown>
+    expectMalformed(raw({ ...e, body: null }), /sealed body/)
+    expectMalformed(raw({ ...e, body: 'not base64url!' }), /sealed body/)
+    expectMalformed(raw({ ...e, bodyEncoding: 'rot13' }), /bodyEncoding/)
   })
 })
 

@@ -43,10 +43,10 @@ const connection = h.connection
  * A fresh Fastify app with the plugin registered on a unique namespace; `routes` runs after the
  * plugin, as an API would add its routes.
  */
-async function setup (routes: (app: FastifyInstance) => void, options: Partial<RegionsyncPluginOptions> = {}, before?: (app: FastifyInstance) => void): Promise<Setup> {
+async function setup (routes: (app: FastifyInstance) => void, options: Partial<RegionsyncPluginOptions> = {}, before?: (app: FastifyInstance) => void, fastifyOptions: Record<string, unknown> = { logger: false }): Promise<Setup> {
   const nc = await connection()
   const ns = uniqueNamespace()
-  const app = Fastify({ logger: false })
+  const app = Fastify(fastifyOptions) as unknown as FastifyInstance
   h.defer(async () => await app.close())
   before?.(app)
   const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
@@ -373,6 +373,105 @@ describe('publisher: created ids and resource keys', () => {
   })
 })
 
+describe('publisher: what counts as a create', () => {
+  const json = { 'content-type': 'application/json' }
+
+  it('takes the created id from the response the client received: a response schema that drops id means no id', async () => {
+    const s = await setup((app) => {
+      app.post('/v3/users', { schema: { response: { 201: { type: 'object', properties: { name: { type: 'string' } } } } } },
+        async (_req, reply) => await reply.code(201).send({ id: 'secret-id', name: 'ann' }))
+    })
+    const res = await s.app.inject({ method: 'POST', url: '/v3/users', headers: json, payload: '{"name":"ann"}' })
+    expect(res.json()).toEqual({ name: 'ann' })
+    const { event } = await only(s)
+    expect(event.created).toBeNull()
+    expect(event.resource).toBe('/v3/users')
+  })
+
+  it('a POST whose response names no id (login, follow, favorite) is not a create', async () => {
+    const s = await setup((app) => {
+      app.post('/api/users/login', async () => ({ user: { email: 'a@b.c', token: 't' } }))
+      app.post('/api/profiles/:username/follow', async () => ({ profile: { username: 'bob', following: true } }))
+      app.post('/api/articles/:slug/favorite', async () => ({ article: { slug: 'hello', favorited: true } }))
+    })
+    for (const url of ['/api/users/login', '/api/profiles/bob/follow', '/api/articles/hello/favorite']) {
+      expect((await s.app.inject({ method: 'POST', url, headers: json, payload: '{}' })).statusCode).toBe(200)
+    }
+    const events = (await s.published()).map((p) => p.event)
+    expect(events.map((e) => e.created)).toEqual([null, null, null])
+    expect(events.map((e) => e.resource)).toEqual(['/api/users/login', '/api/profiles/bob', '/api/articles/hello'])
+  })
+})
+
+describe('publisher: route rules and the plan', () => {
+  const json = { 'content-type': 'application/json' }
+  const byArticle = (req: { params: unknown }): { type: string, id: string } => ({ type: 'article', id: (req.params as { slug: string }).slug })
+
+  it('applies rules matched on the registered url, the most specific first; a route\'s own config wins', async () => {
+    const s = await setup((app) => {
+      app.post('/api/users/login', async () => ({ user: { id: 'u1', token: 't' } }))
+      app.post('/api/articles/:slug/favorite', async () => ({ article: { id: 7, slug: 'hello' } }))
+      app.delete('/api/articles/:slug/comments/:id', async (_req, reply) => await reply.code(204).send())
+      app.post('/api/articles/:slug/comments', { config: { regionsync: { createdId: 'comment.id' } } }, async () => ({ comment: { id: 'c1' } }))
+      app.put('/api/user', async () => ({ user: { id: 'u1' } }))
+    }, {
+      routes: [
+        { method: 'POST', url: '/api/users/login', config: false },
+        { url: '/api/articles/:slug/*', config: { resource: byArticle, createdId: false } },
+        { method: ['POST'], url: '/api/articles/:slug/favorite', config: { createdId: false } }
+      ]
+    })
+    expect((await s.app.inject({ method: 'POST', url: '/api/users/login', headers: json, payload: '{"user":{"password":"p"}}' })).statusCode).toBe(200)
+    expect((await s.app.inject({ method: 'POST', url: '/api/articles/hello/favorite', headers: json, payload: '{}' })).statusCode).toBe(200)
+    expect((await s.app.inject({ method: 'DELETE', url: '/api/articles/hello/comments/c1' })).statusCode).toBe(204)
+    expect((await s.app.inject({ method: 'POST', url: '/api/articles/hello/comments', headers: json, payload: '{}' })).statusCode).toBe(200)
+    expect((await s.app.inject({ method: 'PUT', url: '/api/user', headers: json, payload: '{}' })).statusCode).toBe(200)
+    const events = (await s.published()).map((p) => p.event)
+    // No login event at all; the favorite's exact rule beats the wildcard (no resource function there).
+    expect(events.map((e) => [e.method, e.path, e.resource, e.created?.id ?? null])).toEqual([
+      ['POST', '/api/articles/hello/favorite', '/api/articles/hello', null],
+      ['DELETE', '/api/articles/hello/comments/c1', 'article/hello', null],
+      ['POST', '/api/articles/hello/comments', 'article/hello', 'c1'],
+      ['PUT', '/api/user', '/api/user', null]
+    ])
+  })
+
+  it('plan() has one row per route: replicated or not and why, key rule, create, identity; logged at ready with logPlan', async () => {
+    const lines: string[] = []
+    const s = await setup((app) => {
+      app.get('/api/articles', async () => [])
+      app.post('/api/users/login', async () => ({}))
+      app.post('/api/articles', async () => ({}))
+      app.put('/api/articles/:slug', { config: { regionsync: { identity: 'translate' } } }, async () => ({}))
+      app.post('/internal/flush', { config: { regionsync: false } }, async () => ({}))
+    }, { routes: [{ method: 'POST', url: '/api/users/login', config: false }], logPlan: true }, undefined, {
+      logger: { level: 'info', stream: { write: (line: string) => { lines.push(line) } } }
+    })
+    const rows = s.app.regionsync.plan().filter((r) => r.method !== 'HEAD')
+    expect(rows).toEqual([
+      { method: 'GET', url: '/api/articles', replicated: false, why: 'GET is not a replicated method', resourceKey: null, create: false, createdId: null, identity: null },
+      { method: 'POST', url: '/api/users/login', replicated: false, why: 'opted out by routes[0] (/api/users/login)', resourceKey: null, create: false, createdId: null, identity: null },
+      { method: 'POST', url: '/api/articles', replicated: true, why: 'default', resourceKey: '/api/articles/<created id> (the path when the response names none)', create: true, createdId: 'id', identity: 'inject' },
+      { method: 'PUT', url: '/api/articles/:slug', replicated: true, why: 'config.regionsync', resourceKey: '/api/articles/:slug', create: false, createdId: 'id', identity: 'translate' },
+      { method: 'POST', url: '/internal/flush', replicated: false, why: 'opted out by config.regionsync', resourceKey: null, create: false, createdId: null, identity: null }
+    ])
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string, plan?: unknown[] }).find((l) => l.msg === 'regionsync replication plan')
+    expect(logged?.plan).toHaveLength(s.app.regionsync.plan().length)
+  })
+
+  it('refuses malformed route rules, naming the rule', async () => {
+    const base = { region: 'us', signingKey: SIGNING_KEY }
+    expectInvalidOption(await registerError({ ...base, routes: {} as never }), 'routes')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: '/a', config: false, verb: 'POST' } as never] }), 'routes[0]')
+    expectInvalidOption(await registerError({ ...base, routes: [{ method: 'GET' as never, url: '/a', config: false }] }), 'routes[0].method')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: 'a', config: false }] }), 'routes[0].url')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: '/a' } as never] }), 'routes[0].config')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: '/a', config: { resorce: () => ({}) } as never }] }), 'routes[0].config')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: '/a', config: { identity: 'guess' as never } }] }), 'routes[0].config.identity')
+    expectInvalidOption(await registerError({ ...base, routes: [{ url: '/a', config: false }, { url: '/a', config: {} }] }), 'routes[1].url')
+  })
+})
+
 describe('publisher: limits and failures', () => {
   it('refuses a body over maxBodyBytes with 413 before the handler runs, and publishes nothing', async () => {
     let ran = 0
@@ -601,6 +700,8 @@ describe('publisher: options', () => {
     expectInvalidOption(await registerError({ ...base, namespace: 'Bad-NS' }), 'namespace')
     expectInvalidOption(await registerError({ ...base, createdId: '' }), 'createdId')
     expectInvalidOption(await registerError({ ...base, identity: 'guess' as never }), 'identity')
+    expectInvalidOption(await registerError({ ...base, sealBodies: true }), 'encryptionKey')
+    expectInvalidOption(await registerError({ ...base, sealBodies: 'yes' as never }), 'sealBodies')
   })
 })
 

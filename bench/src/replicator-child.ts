@@ -115,7 +115,8 @@ async function runBaseline (nc: NatsConnection, c: ReplicatorChildConfig, onAppl
     const res = await fetch(c.targetUrl + e.path + (e.query === '' ? '' : `?${e.query}`), {
       method: e.method,
       headers: { 'content-type': e.contentType ?? 'application/octet-stream', authorization: auth },
-      body: e.body === null ? null : Buffer.from(e.body, e.bodyEncoding)
+      // The bench's publisher never seals bodies.
+      body: e.body === null ? null : Buffer.from(e.body, e.bodyEncoding as BufferEncoding)
     })
     await res.arrayBuffer()
     if (res.ok) { m.ack(); onApplied() } else m.nak()

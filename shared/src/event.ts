@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
 import { MalformedEventError } from './errors.js'
+import { sealBytes } from './sealed-headers.js'
 
 /** The event format version this build writes and reads. */
 export const EVENT_VERSION = 1
@@ -37,7 +38,13 @@ export interface RegionsyncEvent {
   contentType: string | null
   /** The request body exactly as it arrived; null when the request had none. */
   body: string | null
-  bodyEncoding: 'utf8' | 'base64'
+  /**
+   * 'sealed': the body is encrypted (publisher option `sealBodies`, see sealed-body.ts) and only
+   * `openEventBody` with the encryption key gives its bytes. An encoding rather than a field of its
+   * own, so a replicator that predates it dead-letters the event as malformed instead of replaying
+   * it without its body.
+   */
+  bodyEncoding: BodyEncoding
   /** Resource key: events with the same key are applied in order. */
   resource: string
   /** Non-credential headers the operator chose to carry, lower-case names. */
@@ -51,6 +58,12 @@ export interface RegionsyncEvent {
   idSegments: number[]
   created: CreatedResource | null
 }
+
+export type BodyEncoding = 'utf8' | 'base64' | 'sealed'
+const BODY_ENCODINGS: readonly BodyEncoding[] = ['utf8', 'base64', 'sealed']
+
+/** Additional authenticated data of a sealed body: unlike sealed headers' (the bare event id), so neither blob can stand in for the other. */
+export const sealedBodyAad = (eventId: string): string => `${eventId}\nbody`
 
 export interface NewEventInput {
   origin: string
@@ -66,24 +79,32 @@ export interface NewEventInput {
   created?: CreatedResource | null
   committedAt?: Date
   id?: string
+  /** Encrypt the body with this AES-256-GCM key (bodyEncoding 'sealed'). */
+  sealBodyWith?: Buffer
 }
 
 export function createEvent (input: NewEventInput): RegionsyncEvent {
   const body = input.body ?? null
+  const id = input.id ?? randomUUID()
+  if (body !== null && input.sealBodyWith !== undefined) {
+    return { ...fields(input, id), body: sealBytes(input.sealBodyWith, sealedBodyAad(id), body), bodyEncoding: 'sealed' }
+  }
   // Text travels as text unless JSON escaping would make it larger than base64: an event's size
   // must stay within 4/3 of the body's, which is what the publisher's body limit counts on.
   const utf8 = body === null || (isUtf8(body) && jsonEscapedLength(body) <= Math.ceil(body.length / 3) * 4)
+  return { ...fields(input, id), body: body === null ? null : body.toString(utf8 ? 'utf8' : 'base64'), bodyEncoding: utf8 ? 'utf8' : 'base64' }
+}
+
+function fields (input: NewEventInput, id: string): Omit<RegionsyncEvent, 'body' | 'bodyEncoding'> {
   return {
     v: EVENT_VERSION,
-    id: input.id ?? randomUUID(),
+    id,
     origin: input.origin,
     committedAt: (input.committedAt ?? new Date()).toISOString(),
     method: input.method,
     path: input.path,
     query: input.query ?? '',
     contentType: input.contentType ?? null,
-    body: body === null ? null : body.toString(utf8 ? 'utf8' : 'base64'),
-    bodyEncoding: utf8 ? 'utf8' : 'base64',
     resource: input.resource,
     headers: input.headers ?? {},
     sealedHeaders: input.sealedHeaders ?? null,
@@ -107,9 +128,10 @@ function jsonEscapedLength (body: Buffer): number {
   return n
 }
 
-/** The request body as bytes, exactly as the client sent it. */
+/** The request body as bytes, exactly as the client sent it. A sealed body needs `openEventBody` and the key. */
 export function eventBody (event: RegionsyncEvent): Buffer | null {
   if (event.body === null) return null
+  if (event.bodyEncoding === 'sealed') throw new MalformedEventError('the body is sealed; open it with openEventBody and the encryption key')
   return Buffer.from(event.body, event.bodyEncoding)
 }
 
@@ -146,8 +168,11 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
   str(e, 'query', true)
   strOrNull(e, 'contentType')
   strOrNull(e, 'body')
-  if (e.bodyEncoding !== 'utf8' && e.bodyEncoding !== 'base64') {
-    throw new MalformedEventError('bodyEncoding must be "utf8" or "base64"')
+  if (!BODY_ENCODINGS.includes(e.bodyEncoding as BodyEncoding)) {
+    throw new MalformedEventError('bodyEncoding must be "utf8", "base64" or "sealed"')
+  }
+  if (e.bodyEncoding === 'sealed' && (typeof e.body !== 'string' || !SEALED_RE.test(e.body))) {
+    throw new MalformedEventError('a sealed body must be base64url text')
   }
   str(e, 'resource')
   if (e.headers === null || typeof e.headers !== 'object' || Array.isArray(e.headers) ||
@@ -184,6 +209,7 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
 
 // eslint-disable-next-line no-control-regex
 const CONTROL_RE = /[\u0000-\u0008\u000a-\u001f\u007f]/
+const SEALED_RE = /^[A-Za-z0-9_-]+$/
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9a-z-]+$/
 /** Headers the replay's own connection and framing decide. */
 const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'expect', 'te', 'trailer'])

@@ -8,7 +8,8 @@ export type { Names } from './names.js'
 export {
   EVENT_VERSION, MUTATION_METHODS, IDENTITY_MODES, createEvent, encodeEvent, decodeEvent, eventBody
 } from './event.js'
-export type { RegionsyncEvent, NewEventInput, MutationMethod, IdentityMode, CreatedResource } from './event.js'
+export type { RegionsyncEvent, NewEventInput, MutationMethod, IdentityMode, CreatedResource, BodyEncoding } from './event.js'
+export { openEventBody } from './sealed-body.js'
 export {
   EVENT_SIGNATURE_HEADER, REPLAY_SIGNATURE_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SEQ_HEADER, REPLAY_RESOURCE_HEADER, IDEMPOTENCY_KEY_HEADER, MIN_KEY_LENGTH,
   DEV_SIGNING_KEY, DEFAULT_REPLAY_TOLERANCE_MS, createSigner, parseSigningKey
@@ -31,7 +32,7 @@ export { createLogger, DEFAULT_LOG_LEVEL } from './logger.js'
 export type { Logger } from './logger.js'
 export { findCreatedId } from './created-id.js'
 export { RegionRecords } from './region-records.js'
-export type { RegionRecordsSettings } from './region-records.js'
+export type { RegionRecordsSettings, RecordEntry } from './region-records.js'
 export { InboxClient } from './inbox-client.js'
 export { WriteCoalescer, coalescerOf } from './write-coalescer.js'
 export type { PubAck } from './inbox-client.js'

@@ -42,7 +42,7 @@ export interface Names {
   consumer: (region: string, partition: number) => string
   /** KV bucket of applied event ids (idempotency records). */
   appliedBucket: string
-  /** KV bucket of replays a target's plugin answered, to answer a duplicate the same way. */
+  /** KV bucket of the target's plugin: replays claimed and answered (to answer a duplicate the same way), and per resource the highest sequence applied. */
   replayBucket: string
   /** KV bucket of source id -> target id per region, for targets that assign their own ids. */
   idBucket: string

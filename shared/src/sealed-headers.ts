@@ -19,21 +19,31 @@ export function parseEncryptionKey (value: unknown, option = 'encryptionKey'): B
  * hold the sealed form: base64url of iv, ciphertext and tag.
  */
 export function sealHeaders (key: Buffer, eventId: string, headers: Record<string, string>): string {
+  return sealBytes(key, eventId, Buffer.from(JSON.stringify(headers), 'utf8'))
+}
+
+/** AES-256-GCM of `plain`, authenticated with `aad`: base64url of iv, ciphertext and tag. */
+export function sealBytes (key: Buffer, aad: string, plain: Buffer): string {
   const iv = randomBytes(IV_BYTES)
   const cipher = createCipheriv('aes-256-gcm', key, iv)
-  cipher.setAAD(Buffer.from(eventId))
-  const body = Buffer.concat([cipher.update(JSON.stringify(headers), 'utf8'), cipher.final()])
+  cipher.setAAD(Buffer.from(aad))
+  const body = Buffer.concat([cipher.update(plain), cipher.final()])
   return Buffer.concat([iv, body, cipher.getAuthTag()]).toString('base64url')
 }
 
-export function openHeaders (key: Buffer, eventId: string, sealed: string): Record<string, string> {
+/** Opens what sealBytes made; throws (from node:crypto) when the key, the aad or the bytes are not the ones sealed. */
+export function openBytes (key: Buffer, aad: string, sealed: string, what: string): Buffer {
   const raw = Buffer.from(sealed, 'base64url')
-  if (raw.length < IV_BYTES + TAG_BYTES) throw new MalformedEventError('sealed headers are too short')
+  if (raw.length < IV_BYTES + TAG_BYTES) throw new MalformedEventError(`${what} is too short`)
+  const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
+  decipher.setAAD(Buffer.from(aad))
+  decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
+  return Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
+}
+
+export function openHeaders (key: Buffer, eventId: string, sealed: string): Record<string, string> {
   try {
-    const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, IV_BYTES))
-    decipher.setAAD(Buffer.from(eventId))
-    decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
-    const plain = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()])
+    const plain = openBytes(key, eventId, sealed, 'sealed headers')
     const headers = JSON.parse(plain.toString('utf8')) as unknown
     if (headers === null || typeof headers !== 'object' || !Object.values(headers).every((v) => typeof v === 'string')) {
       throw new Error('not an object of strings')

@@ -5,7 +5,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import regionsync from '@regionsync/publisher'
-import { EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, eventBody, names, type RegionsyncEvent } from '@regionsync/shared'
+import {
+  EVENT_SIGNATURE_HEADER, IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER,
+  createSigner, decodeEvent, eventBody, names, type RegionsyncEvent
+} from '@regionsync/shared'
 // Resolved from test/fastify4, whose package pins Fastify 4: the plugin must work on both majors.
 import Fastify, { type FastifyInstance } from 'fastify'
 import { describe, expect, it } from 'vitest'
@@ -98,6 +101,34 @@ describe('the plugin on Fastify 4', () => {
     expect(res.statusCode).toBe(413)
     expect(res.json()).toMatchObject({ statusCode: 413, code: 'REGIONSYNC_E_BODY_TOO_LARGE' })
     expect(ran).toBe(0)
+    expect(await s.published()).toHaveLength(0)
+  })
+
+  it('records a replay whose async handler sends without returning, answers its duplicate from the record, and its older sibling 208', async () => {
+    let ran = 0
+    const s = await setup((app) => {
+      app.put('/v3/users/:id', async (_req, reply) => { ran++; reply.code(200).send({ user: { id: 'u1', run: ran } }) })
+    })
+    const body = '{"user":{"name":"ann"}}'
+    const send = async (eventId: string, seq: number): Promise<{ statusCode: number, body: string, headers: Record<string, unknown> }> => {
+      const headers = {
+        ...json,
+        [IDEMPOTENCY_KEY_HEADER]: eventId,
+        [REPLAY_ORIGIN_HEADER]: 'eu',
+        [REPLAY_SEQ_HEADER]: String(seq),
+        [REPLAY_RESOURCE_HEADER]: encodeURIComponent('/v3/users/u1'),
+        [REPLAY_SIGNATURE_HEADER]: createSigner(SIGNING_KEY).signReplay({ eventId, origin: 'eu', method: 'PUT', body: Buffer.from(body), seq, resource: '/v3/users/u1' })
+      }
+      return await s.app.inject({ method: 'PUT', url: '/v3/users/u1', headers, payload: body })
+    }
+    const first = await send('evt-f4-1', 7)
+    expect(first.statusCode).toBe(200)
+    expect((await send('evt-f4-1', 7)).body).toBe(first.body)
+    const older = await send('evt-f4-0', 6)
+    expect(older.statusCode).toBe(208)
+    expect(older.headers['x-regionsync-outcome']).toBe('superseded')
+    expect(ran).toBe(1)
+    // A replay is never published again.
     expect(await s.published()).toHaveLength(0)
   })
 })

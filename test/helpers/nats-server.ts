@@ -35,19 +35,23 @@ async function waitForPort (port: number, timeoutMs: number): Promise<void> {
 export class NatsServer {
   readonly port: number
   readonly storeDir: string
+  /** The nats-server binary this one runs. */
+  readonly bin: string
   #proc: ChildProcess | null = null
 
-  private constructor (port: number, storeDir: string) {
+  private constructor (port: number, storeDir: string, bin: string) {
     this.port = port
     this.storeDir = storeDir
+    this.bin = bin
   }
 
   get url (): string {
     return `nats://127.0.0.1:${this.port}`
   }
 
-  static async start (): Promise<NatsServer> {
-    const s = new NatsServer(await freePort(), await mkdtemp(join(tmpdir(), 'regionsync-nats-')))
+  /** `bin` picks another server line than NATS_SERVER_BIN, for tests that run on both. */
+  static async start (bin: string = NATS_SERVER_BIN): Promise<NatsServer> {
+    const s = new NatsServer(await freePort(), await mkdtemp(join(tmpdir(), 'regionsync-nats-')), bin)
     await s.restart()
     return s
   }
@@ -55,11 +59,11 @@ export class NatsServer {
   /** Starts the server again on the same port and store. */
   async restart (): Promise<void> {
     if (this.#proc !== null) throw new Error('nats-server is running')
-    const proc = spawn(NATS_SERVER_BIN, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], { stdio: 'ignore' })
+    const proc = spawn(this.bin, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], { stdio: 'ignore' })
     this.#proc = proc
     proc.once('exit', () => { if (this.#proc === proc) this.#proc = null })
     await new Promise<void>((resolve, reject) => {
-      proc.once('error', (err) => reject(new Error(`cannot start ${NATS_SERVER_BIN}: ${err.message} (apt-get install nats-server)`)))
+      proc.once('error', (err) => reject(new Error(`cannot start ${this.bin}: ${err.message} (apt-get install nats-server)`)))
       waitForPort(this.port, 10_000).then(resolve, reject)
     })
   }

@@ -22,7 +22,7 @@ export function createPublisherMetrics (registry: Registry = new Registry()): Pu
     spoolEvents: new Gauge({ name: 'regionsync_spool_events', help: 'Events in the outage spool, waiting for JetStream', labelNames: ['region'], registers }),
     refused: new Counter({ name: 'regionsync_writes_refused_total', help: 'Writes refused with 503 before their handler ran', labelNames: ['region', 'reason'], registers }),
     unreplicated: new Counter({ name: 'regionsync_unreplicated_writes_total', help: 'Writes let through with the spool full, never replicated', labelNames: ['region'], registers }),
-    replaysReceived: new Counter({ name: 'regionsync_replays_received_total', help: 'Genuine replays from replicators: applied, or answered from the replay record', labelNames: ['region', 'outcome'], registers }),
+    replaysReceived: new Counter({ name: 'regionsync_replays_received_total', help: 'Genuine replays from replicators, by outcome: applied, released (answered non-2xx), duplicate, superseded, in-progress, different-body, unavailable', labelNames: ['region', 'outcome'], registers }),
     ackSeconds: new Histogram({
       name: 'regionsync_publish_ack_seconds',
       help: 'Time from publish to JetStream acknowledgement',

@@ -89,6 +89,28 @@ export interface RegionsyncPluginOptions {
   encryptionKey?: string
   /** Answer a duplicate replay from the record of the first, without running the handler. @default true */
   replayGuard?: boolean
+  /**
+   * Carry request bodies encrypted with `encryptionKey` (AES-256-GCM), so neither the broker nor
+   * a dead letter holds a password or a token a body carries. Replicators need the same key.
+   * @default false
+   */
+  sealBodies?: boolean
+  /**
+   * Route rules: what `config.regionsync` would say, for routes you do not want to edit. `url` is
+   * a find-my-way pattern (`/api/articles/:slug/*`) matched against each route's registered url;
+   * `method` one or more mutation methods (all when absent). The most specific pattern wins; a
+   * route's own `config.regionsync` wins over any rule. @default []
+   */
+  routes?: RouteRule[]
+  /** Log `app.regionsync.plan()` at ready, one line. @default false */
+  logPlan?: boolean
+}
+
+/** One entry of the `routes` option. */
+export interface RouteRule {
+  method?: MutationMethod | MutationMethod[]
+  url: string
+  config: false | RegionsyncRouteConfig
 }
 
 export interface ParsedOptions {
@@ -114,6 +136,17 @@ export interface ParsedOptions {
   forwardHeaders: readonly string[]
   encryptionKey: Buffer | undefined
   replayGuard: boolean
+  sealBodies: boolean
+  routes: ParsedRouteRule[]
+  logPlan: boolean
+}
+
+export interface ParsedRouteRule {
+  /** Where it came from, for errors and the plan: `routes[2]`. */
+  name: string
+  methods: MutationMethod[]
+  url: string
+  config: RouteConfigValue
 }
 
 const DOTTED_PATH_RE = /^[A-Za-z_$][\w$-]*(\.[A-Za-z_$][\w$-]*)*$/
@@ -163,7 +196,13 @@ export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
   if (forwardHeaders.length > 0 && opts.encryptionKey === undefined) {
     throw new InvalidOptionError('encryptionKey', 'is required with forwardHeaders: forwarded headers travel encrypted')
   }
+  if (opts.sealBodies !== undefined && typeof opts.sealBodies !== 'boolean') throw new InvalidOptionError('sealBodies', 'expects true or false')
+  if (opts.sealBodies === true && opts.encryptionKey === undefined) {
+    throw new InvalidOptionError('encryptionKey', 'is required with sealBodies: sealed bodies are encrypted with it')
+  }
   const encryptionKey = opts.encryptionKey === undefined ? undefined : parseEncryptionKey(opts.encryptionKey)
+  if (opts.logPlan !== undefined && typeof opts.logPlan !== 'boolean') throw new InvalidOptionError('logPlan', 'expects true or false')
+  if (opts.replayGuard !== undefined && typeof opts.replayGuard !== 'boolean') throw new InvalidOptionError('replayGuard', 'expects true or false')
   const whenSpoolFull = opts.whenSpoolFull ?? 'reject'
   if (whenSpoolFull !== 'reject' && whenSpoolFull !== 'allow-unreplicated') {
     throw new InvalidOptionError('whenSpoolFull', 'expects "reject" or "allow-unreplicated"')
@@ -192,8 +231,32 @@ export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
     maxInFlight,
     forwardHeaders,
     encryptionKey,
-    replayGuard: opts.replayGuard ?? true
+    replayGuard: opts.replayGuard ?? true,
+    sealBodies: opts.sealBodies === true,
+    routes: parseRouteRules(opts.routes),
+    logPlan: opts.logPlan === true
   }
+}
+
+const ROUTE_RULE_KEYS = ['method', 'url', 'config']
+
+function parseRouteRules (v: unknown): ParsedRouteRule[] {
+  if (v === undefined) return []
+  if (!Array.isArray(v)) throw new InvalidOptionError('routes', 'expects a list of { method, url, config }')
+  return v.map((rule: unknown, i) => {
+    const name = `routes[${i}]`
+    if (rule === null || typeof rule !== 'object' || Array.isArray(rule)) throw new InvalidOptionError(name, 'expects { method, url, config }')
+    const r = rule as Record<string, unknown>
+    const unknown = Object.keys(r).filter((k) => !ROUTE_RULE_KEYS.includes(k))
+    if (unknown.length > 0) throw new InvalidOptionError(name, `has unknown key(s) ${unknown.join(', ')}; expects method, url, config`)
+    const methods = r.method === undefined ? [...MUTATION_METHODS] : Array.isArray(r.method) ? r.method : [r.method]
+    if (methods.length === 0 || !methods.every((m) => MUTATION_METHODS.includes(m as MutationMethod))) {
+      throw new InvalidOptionError(`${name}.method`, `expects one or a list of ${MUTATION_METHODS.join(', ')}`)
+    }
+    if (typeof r.url !== 'string' || !r.url.startsWith('/')) throw new InvalidOptionError(`${name}.url`, 'expects a route pattern starting with "/" (find-my-way syntax, e.g. /api/articles/:slug/*)')
+    if (r.config === undefined) throw new InvalidOptionError(`${name}.config`, 'expects false or { resource, createdId, identity }')
+    return { name, methods: methods as MutationMethod[], url: r.url, config: parseRouteConfigValue(r.config, `${name}.config`) }
+  })
 }
 
 function parseSpool (v: RegionsyncPluginOptions['spool'], region: string): ParsedOptions['spool'] {
@@ -225,19 +288,26 @@ export interface ParsedRouteConfig {
   identity: IdentityMode
 }
 
-/** Reads `config.regionsync` of one route; null means the route opted out. Unknown keys are errors. */
-export function parseRouteConfig (value: unknown, url: string, defaults: ParsedOptions): ParsedRouteConfig | null {
-  const where = `route ${url}: config.regionsync`
-  if (value === false) return null
-  if (value === undefined || value === true) return { resource: undefined, createdId: defaults.createdId, identity: defaults.identity }
-  if (value === null || typeof value !== 'object') throw new InvalidOptionError(where, 'expects false or { resource, createdId, identity }')
+/** A validated `config.regionsync` (or a rule's `config`): false, or the keys it sets. */
+export type RouteConfigValue = false | Partial<ParsedRouteConfig>
+
+/** Validates what `config.regionsync` or a route rule's `config` says; `where` names it in errors. Unknown keys are errors. */
+export function parseRouteConfigValue (value: unknown, where: string): RouteConfigValue {
+  if (value === false) return false
+  if (value === true) return {}
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidOptionError(where, 'expects false or { resource, createdId, identity }')
   const v = value as Record<string, unknown>
   const unknown = Object.keys(v).filter((k) => !['resource', 'createdId', 'identity'].includes(k))
   if (unknown.length > 0) throw new InvalidOptionError(where, `has unknown key(s) ${unknown.join(', ')}; expects resource, createdId, identity`)
   if (v.resource !== undefined && typeof v.resource !== 'function') throw new InvalidOptionError(`${where}.resource`, 'expects a function (request, body, createdId) => ({ type, id })')
-  return {
-    resource: v.resource as ResourceKeyFn | undefined,
-    createdId: v.createdId === undefined ? defaults.createdId : parseCreatedId(v.createdId, `${where}.createdId`),
-    identity: v.identity === undefined ? defaults.identity : parseIdentity(v.identity, `${where}.identity`)
-  }
+  const out: Partial<ParsedRouteConfig> = {}
+  if (v.resource !== undefined) out.resource = v.resource as ResourceKeyFn
+  if (v.createdId !== undefined) out.createdId = parseCreatedId(v.createdId, `${where}.createdId`)
+  if (v.identity !== undefined) out.identity = parseIdentity(v.identity, `${where}.identity`)
+  return out
+}
+
+/** Fills what a route's settings leave out with the plugin's defaults. */
+export function resolveRouteConfig (value: Partial<ParsedRouteConfig>, defaults: ParsedOptions): ParsedRouteConfig {
+  return { resource: value.resource, createdId: value.createdId ?? defaults.createdId, identity: value.identity ?? defaults.identity }
 }

@@ -1,10 +1,10 @@
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, eventBody, openHeaders, type RegionsyncEvent, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, openEventBody, openHeaders, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { targetPath } from './target-path.js'
 
-/** An event's forwarded headers cannot be opened here. */
+/** An event's forwarded headers or sealed body cannot be opened here. */
 export class UndecryptableError extends Error {
   override readonly name = 'UndecryptableError'
 }
@@ -50,7 +50,7 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
   const basePath = target.url.pathname.replace(/\/+$/, '')
   let method: string = event.method
   let path = event.path
-  let body = eventBody(event)
+  let body = openBody(event, target.encryptionKey)
   const created = event.created
   if (created !== null && created.mode === 'put') {
     method = 'PUT'
@@ -75,6 +75,16 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
     Object.assign(headers, openHeaders(target.encryptionKey, event.id, event.sealedHeaders))
   }
   return { method, path: targetPath(basePath, path, event.query), headers, body }
+}
+
+/** The body as the client sent it; a sealed one (publisher option sealBodies) opened with the region's key. */
+function openBody (event: RegionsyncEvent, key: Buffer | undefined): Buffer | null {
+  if (event.bodyEncoding === 'sealed' && key === undefined) throw new UndecryptableError('event carries a sealed body and this replicator has no encryption key')
+  try {
+    return openEventBody(event, key)
+  } catch (err) {
+    throw new UndecryptableError((err as Error).message, { cause: err })
+  }
 }
 
 function isJson (contentType: string | null): boolean {
