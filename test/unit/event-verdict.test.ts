@@ -37,6 +37,11 @@ describe('judge: what the target\'s answer means', () => {
     expect(judge('PUT', { status: null, headers: {}, excerpt: '', failure: 'ECONNREFUSED', aborted: false }, 3, bounded)).toMatchObject({ kind: 'dead', reason: 'too-many-attempts' })
   })
 
+  it('409 from the target\'s guard (an earlier delivery still running) is retried, not taken as an applied create', () => {
+    expect(judge('POST', answered(409, { 'x-regionsync-outcome': 'in-progress', 'retry-after': '1' }), 1, settings)).toMatchObject({ kind: 'retry', delayMs: 1000 })
+    expect(judge('POST', answered(409), 1, settings)).toEqual({ kind: 'done', outcome: 'already-applied' })
+  })
+
   it('a 4xx other than the already-applied ones is a dead letter with its status and excerpt', () => {
     expect(judge('POST', answered(422), 1, settings)).toEqual({ kind: 'dead', reason: 'rejected', detail: 'target answered 422', status: 422, excerpt: 'why' })
   })

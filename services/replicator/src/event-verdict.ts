@@ -1,6 +1,6 @@
 import { decodeEvent, type RegionsyncEvent, type Signer } from '@regionsync/shared'
 import type { DeadLetterReason } from './dead-letter.js'
-import { backoffMs, classify, type AlreadyAppliedMap, type RetrySchedule } from './retry-policy.js'
+import { backoffMs, classify, retryAfterMs, type AlreadyAppliedMap, type RetrySchedule } from './retry-policy.js'
 
 /** Header with which the target's plugin says a replay was older than what it has for the resource. */
 export const REPLAY_OUTCOME_HEADER = 'x-regionsync-outcome'
@@ -58,7 +58,14 @@ export function judge (method: string, sent: Sent, attempt: number, s: JudgeSett
   if (sent.status === null) {
     return retryOrGiveUp({ kind: 'retry', delayMs: sent.aborted ? 0 : backoffMs(attempt, s.retry, random), reason: sent.failure ?? 'request failed' }, attempt, s)
   }
-  if (sent.status === 208 && headerValue(sent.headers[REPLAY_OUTCOME_HEADER]) === 'superseded') return { kind: 'done', outcome: 'superseded' }
+  const outcome = headerValue(sent.headers[REPLAY_OUTCOME_HEADER])
+  if (sent.status === 208 && outcome === 'superseded') return { kind: 'done', outcome: 'superseded' }
+  // The target's plugin is still running an earlier delivery of this very replay (the IETF
+  // Idempotency-Key draft's 409): its result is not known yet, so this is no "already applied".
+  if (sent.status === 409 && outcome === 'in-progress') {
+    const hinted = retryAfterMs(sent.headers['retry-after'])
+    return retryOrGiveUp({ kind: 'retry', delayMs: hinted ?? backoffMs(attempt, s.retry, random), reason: 'target is still applying an earlier delivery of this replay' }, attempt, s)
+  }
   const o = classify(method, sent.status, sent.headers, attempt, s.retry, s.alreadyApplied)
   switch (o.kind) {
     case 'applied': return { kind: 'done', outcome: 'applied' }
