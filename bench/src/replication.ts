@@ -54,10 +54,10 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
   let backlog: Backlog | undefined
   await withNats(ctx, async (nats) => {
     const namespace = uniqueNamespace('repl')
-    ctx.progress.step(`2/5 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
+    ctx.progress.step(`2/6 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
     backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
     for (const mode of ['raw', 'replicator', 'baseline'] as const) {
-      ctx.progress.step(`2/5 replication: ${mode}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)
+      ctx.progress.step(`2/6 replication: ${mode}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)
       const token = randomBytes(16).toString('hex')
       const target = await startTarget({ mode: 'identity', region: 'eu', token, expect: events })
       const config: ReplicatorChildConfig = {

@@ -5,6 +5,7 @@ import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
 import type { ReplicationResult } from './replication.js'
 import { SCALING_TARGET, type ScalingResult } from './scaling.js'
+import { WAN_JUDGED_RTT_MS, WAN_TARGET, type WanResult } from './wan.js'
 
 export interface Sections {
   ingress?: IngressResult
@@ -12,6 +13,7 @@ export interface Sections {
   lag?: LagResult
   memory?: MemoryResult
   scaling?: ScalingResult
+  wan?: WanResult
 }
 
 export interface Target {
@@ -68,6 +70,17 @@ export function evaluateTargets (s: Sections): Target[] {
   if (s.scaling !== undefined) {
     const judged = s.scaling.setups.find((x) => x.name === 'instance-bound')
     t.push({ id: '5-scaling', what: `2 instances / 1 on a ${s.scaling.conditions.targetDelayMs} ms target, ${judged?.about ?? 'instance-bound'}`, target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
+  }
+  if (s.wan !== undefined) {
+    for (const [id, where, ratio] of [['6-wan-nats', 'NATS', s.wan.natsFarRatio], ['6-wan-target', 'the target', s.wan.targetFarRatio]] as const) {
+      t.push({
+        id,
+        what: `WAN: 2 instances with ${where} ${WAN_JUDGED_RTT_MS} ms away / over loopback (target with the plugin)`,
+        target: `>= ${WAN_TARGET}`,
+        measured: ratio === null ? '-' : ratio.toFixed(2),
+        met: ratio !== null && ratio >= WAN_TARGET
+      })
+    }
   }
   return t
 }
@@ -160,6 +173,16 @@ export function formatResults (r: BenchResults): string[] {
         x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
       ])))
     }
+  }
+  if (s.wan !== undefined) {
+    const w = s.wan
+    const b = w.conditions.backlog
+    out.push('', `6. WAN: region ap applies a backlog of ${b.events.toLocaleString('en-US')} events (event ${b.eventBytes} B) to the ${w.conditions.target}; a delay proxy adds half the round trip each way; each run time-boxed at ${w.conditions.timeBoxSeconds} s`)
+    out.push('   nats-far: ap (its replicators and its API) is the round trip away from NATS; target-far: the replicators are beside NATS, ap\'s API is the round trip away from them and from NATS')
+    const variant = (x: { instances: number, window: number | null }): string => `${x.instances} instance${x.instances > 1 ? 's' : ''}${x.window === null ? '' : `, --window ${x.window}`}`
+    out.push(...table(['topology', 'round trip ms', 'replicators', 'events/s', 'vs 0 ms', 'events', 'seconds', 'non-2xx', 'applied per instance'], w.runs.map((x) => [
+      x.topology, x.rttMs, variant(x), n0(x.eventsPerSec), x.vsZero === null ? '-' : n2(x.vsZero), `${x.events}${x.timeBoxed ? '' : ' (all)'}`, n2(x.seconds), x.non2xx, x.perInstance.join(' + ')
+    ])))
   }
   for (const [section, message] of Object.entries(r.errors)) out.push('', `${section}: FAILED: ${message}`)
   if (r.targets.length > 0) {

@@ -76,7 +76,7 @@ export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
     const runs: ScalingRun[] = []
     await withNats(ctx, async (nats) => {
       const namespace = uniqueNamespace('scale')
-      const step = `5/5 scaling ${i + 1}/${SETUPS.length} (${spec.about})`
+      const step = `5/6 scaling ${i + 1}/${SETUPS.length} (${spec.about})`
       ctx.progress.step(`${step}: publishing a backlog of ${events.toLocaleString('en-US')} events`)
       const backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`), spec.partitions)
       bodyBytes = backlog.bodyBytes
