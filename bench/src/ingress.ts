@@ -142,7 +142,7 @@ export async function runIngress (ctx: BenchContext): Promise<IngressResult> {
   await withNats(ctx, async (nats) => {
     for (let round = 1; round <= rounds; round++) {
       for (const name of ['without-plugin', 'with-plugin', 'spooling'] as const) {
-        ctx.progress.step(`1/5 ingress: ${name}${rounds > 1 ? ` (round ${round} of ${rounds})` : ''}, ${INGRESS_CONNECTIONS} connections, ${durationSeconds} s`)
+        ctx.progress.step(`1/6 ingress: ${name}${rounds > 1 ? ` (round ${round} of ${rounds})` : ''}, ${INGRESS_CONNECTIONS} connections, ${durationSeconds} s`)
         all.push({ ...await measureVariant(ctx, nats, name, body, warmupSeconds, durationSeconds, `ingress-${name}-r${round}`), round })
         await sleep(500)
       }
@@ -158,7 +158,7 @@ export async function runIngress (ctx: BenchContext): Promise<IngressResult> {
   const open: Partial<Record<IngressVariantName, FixedRateRun>> = {}
   await withNats(ctx, async (nats) => {
     for (const name of ['without-plugin', 'with-plugin'] as const) {
-      ctx.progress.step(`1/5 ingress: ${name} at a fixed ${rate} writes/s (open loop), ${durationSeconds} s`)
+      ctx.progress.step(`1/6 ingress: ${name} at a fixed ${rate} writes/s (open loop), ${durationSeconds} s`)
       open[name] = await withApi(ctx, nats, name, `ingress-${name}-fixed-rate`, async (url, api) => {
         await closedLoop(url, body, INGRESS_CONNECTIONS, warmupSeconds)
         const before = await api.ask<Message & { ackBuckets: Array<[number | null, number]> }>({ type: 'stats' }, 'stats')

@@ -87,7 +87,7 @@ export async function runLag (ctx: BenchContext, rates: OfferedRate[], rateBasis
     const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-bench-spool-'))
     const children: Child[] = []
     try {
-      ctx.progress.step(`3/5 lag: starting the source API, ${LAG_REGIONS.length} target regions and their replicators`)
+      ctx.progress.step(`3/6 lag: starting the source API, ${LAG_REGIONS.length} target regions and their replicators`)
       const apiConfig: ApiChildConfig = { region: 'us', plugin: { natsUrl: nats.url, namespace, signingKey: ctx.signingKey, spoolDir, spoolMaxEvents: 1_000_000 } }
       const source = new Child('source api', './api-child.js', apiConfig, profileArgs(ctx, 'lag-source-api'))
       children.push(source)
@@ -113,7 +113,7 @@ export async function runLag (ctx: BenchContext, rates: OfferedRate[], rateBasis
       let written = 0
       for (const [i, rate] of rates.entries()) {
         const warmupSeconds = i === 0 ? firstWarmupSeconds : stepWarmupSeconds
-        ctx.progress.step(`3/5 lag: ${rate.rate} writes/s open loop for ${warmupSeconds} + ${durationSeconds} s`)
+        ctx.progress.step(`3/6 lag: ${rate.rate} writes/s open loop for ${warmupSeconds} + ${durationSeconds} s`)
         const from = Date.now() + warmupSeconds * 1000
         const meter = new CpuMeter(pids)
         meter.start()

@@ -13,15 +13,16 @@ import { runReplication } from './replication.js'
 import { evaluateTargets, formatResults, type BenchResults, type Sections } from './report.js'
 import { runScaling } from './scaling.js'
 import { Progress, round } from './util.js'
+import { runWan } from './wan.js'
 
-const SECTIONS = ['ingress', 'replication', 'lag', 'memory', 'scaling'] as const
+const SECTIONS = ['ingress', 'replication', 'lag', 'memory', 'scaling', 'wan'] as const
 type SectionName = (typeof SECTIONS)[number]
 /** Shares of the measured capacity the lag run offers, in turn; the target is judged at the last. */
 const LAG_LOAD_SHARES = [0.25, 0.5]
 
 const USAGE = `usage: npm run bench -- [--quick] [--only ${SECTIONS.join(',')}] [--lag-rate N] [--profile] [--out FILE]
 
-  --quick      smoke sizes, about a minute; targets are reported, not asserted
+  --quick      smoke sizes, a few minutes; targets are reported, not asserted
   --only       run these sections only (comma-separated)
   --lag-rate   offered writes/s for the lag run (default: ${LAG_LOAD_SHARES.map((x) => `${x * 100}%`).join(' then ')} of the capacity measured in this run)
   --profile    run every measured process (source API, replicator, baseline, raw client) under node --cpu-prof;
@@ -90,6 +91,7 @@ async function main (): Promise<number> {
   })
   sections.memory = await attempt('memory', async () => await runMemory(ctx))
   sections.scaling = await attempt('scaling', async () => await runScaling(ctx))
+  sections.wan = await attempt('wan', async () => await runWan(ctx))
   ctx.progress.done()
 
   const profiles: ProfileSummary[] = profileDir === null

@@ -75,9 +75,9 @@ export async function runMemory (ctx: BenchContext): Promise<MemoryResult> {
   for (const size of sizes) {
     await withNats(ctx, async (nats) => {
       const namespace = uniqueNamespace('mem')
-      ctx.progress.step(`4/5 memory: publishing a backlog of ${size.toLocaleString('en-US')} events`)
+      ctx.progress.step(`4/6 memory: publishing a backlog of ${size.toLocaleString('en-US')} events`)
       backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, size, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
-      ctx.progress.step(`4/5 memory: replicator draining ${size.toLocaleString('en-US')} events`)
+      ctx.progress.step(`4/6 memory: replicator draining ${size.toLocaleString('en-US')} events`)
       const target = await startTarget({ mode: 'stub', region: 'eu', expect: size })
       let rep: Child | undefined
       const samples: number[] = []

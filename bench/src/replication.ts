@@ -14,6 +14,10 @@ export type ReplicationMode = 'raw' | 'replicator' | 'baseline'
 
 export interface ReplicationRun {
   mode: ReplicationMode
+  /** The target ran the regionsync plugin (signature check and replay guard), as a real region does. */
+  targetPlugin: boolean
+  /** The region the run applied to: each run with the plugin has its own (its own replay records). */
+  region: string
   events: number
   seconds: number
   eventsPerSec: number
@@ -36,16 +40,34 @@ export interface ReplicationResult {
   runs: ReplicationRun[]
   vsRaw: number
   vsBaseline: number
+  /** Replicator / raw undici, both to the target with the plugin. */
+  vsRawWithPlugin: number
 }
+
+/**
+ * The runs, in order. Raw and the replicator go to the target without the plugin and with it; the
+ * baseline sends plain requests, which a target's plugin would take for new writes and publish,
+ * so it runs without. A region's consumers and the target plugin's replay records are its own, so
+ * each run that must start from nothing has its own region.
+ */
+const RUNS: Array<{ mode: ReplicationMode, targetPlugin: boolean, region: string }> = [
+  { mode: 'raw', targetPlugin: false, region: 'eu' },
+  { mode: 'replicator', targetPlugin: false, region: 'eu' },
+  { mode: 'baseline', targetPlugin: false, region: 'eu' },
+  { mode: 'raw', targetPlugin: true, region: 'ap' },
+  { mode: 'replicator', targetPlugin: true, region: 'sa' }
+]
 
 function perEvent (ms: number | null | undefined, events: number): number | null {
   return ms === null || ms === undefined || events === 0 ? null : round((ms * 1000) / events, 0)
 }
 
 /**
- * 2. Replication throughput: one backlog, applied three times, each time to a fresh copy of the
- * example API (without the plugin) in its own process: raw undici requests (the physical limit),
- * the replicator, and the hand-written baseline.
+ * 2. Replication throughput: one backlog, applied five times, each time to a fresh copy of the
+ * example API in its own process: raw undici requests (the physical limit), the replicator, and
+ * the hand-written baseline, to the API without the plugin; then raw and the replicator again to
+ * the API with the plugin, as a real region runs it (each replay's signature checked, its
+ * Idempotency-Key recorded in JetStream KV).
  */
 export async function runReplication (ctx: BenchContext): Promise<ReplicationResult> {
   const events = ctx.quick ? 2_000 : 50_000
@@ -54,18 +76,22 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
   let backlog: Backlog | undefined
   await withNats(ctx, async (nats) => {
     const namespace = uniqueNamespace('repl')
-    ctx.progress.step(`2/5 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
+    ctx.progress.step(`2/6 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
     backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
-    for (const mode of ['raw', 'replicator', 'baseline'] as const) {
-      ctx.progress.step(`2/5 replication: ${mode}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)
+    for (const { mode, targetPlugin, region } of RUNS) {
+      const label = `${mode}${targetPlugin ? ' (target with the plugin)' : ''}`
+      ctx.progress.step(`2/6 replication: ${label}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)
       const token = randomBytes(16).toString('hex')
-      const target = await startTarget({ mode: 'identity', region: 'eu', token, expect: events })
+      const target = await startTarget({
+        mode: 'identity', region, token, expect: events,
+        ...(targetPlugin ? { plugin: { natsUrl: nats.url, namespace, signingKey: ctx.signingKey } } : {})
+      })
       const config: ReplicatorChildConfig = {
         mode,
         natsUrl: nats.url,
         namespace,
-        region: 'eu',
-        instance: `eu-${mode}`,
+        region,
+        instance: `${region}-${mode}`,
         targetUrl: target.url,
         token,
         signingKey: ctx.signingKey,
@@ -74,7 +100,7 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
       }
       let client: Child | undefined
       try {
-        client = startClient(ctx, config, `replication-${mode}`)
+        client = startClient(ctx, config, `replication-${mode}${targetPlugin ? '-plugin' : ''}`)
         const meter = new CpuMeter({ client: client.pid, target: target.child.pid, nats: natsServerPid(nats.port) })
         if (mode === 'raw') {
           ctx.progress.update('reading the backlog and building the replays (not timed)')
@@ -91,6 +117,8 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
         const rate = targetRate(done)
         runs.push({
           mode,
+          targetPlugin,
+          region,
           events: done.count,
           seconds: round(rate.seconds, 3),
           eventsPerSec: round(rate.eventsPerSec, 0),
@@ -105,17 +133,18 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
       await sleep(500)
     }
   })
-  const by = (m: ReplicationMode): ReplicationRun => runs.find((r) => r.mode === m) as ReplicationRun
+  const by = (m: ReplicationMode, plugin = false): ReplicationRun => runs.find((r) => r.mode === m && r.targetPlugin === plugin) as ReplicationRun
   return {
     conditions: {
       backlog: backlog as Backlog,
-      target: 'example identity API without the plugin, its own process; POST /v3/users with the source id injected, answered 201',
+      target: 'example identity API without the plugin, then with it, its own process; POST /v3/users with the source id injected, answered 201',
       concurrency: REPLICATION_CONCURRENCY,
       partitions: DEFAULT_PARTITIONS,
       measuredAt: "the target: first write's arrival to the last write's 2xx"
     },
     runs,
     vsRaw: round(by('replicator').eventsPerSec / by('raw').eventsPerSec, 3),
-    vsBaseline: round(by('replicator').eventsPerSec / by('baseline').eventsPerSec, 3)
+    vsBaseline: round(by('replicator').eventsPerSec / by('baseline').eventsPerSec, 3),
+    vsRawWithPlugin: round(by('replicator', true).eventsPerSec / by('raw', true).eventsPerSec, 3)
   }
 }

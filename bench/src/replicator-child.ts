@@ -1,6 +1,6 @@
 import { AckPolicy, jetstream, jetstreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { Replicator, buildReplay } from '@regionsync/replicator'
+import { Replicator, buildReplay, type ReplicatorOptions } from '@regionsync/replicator'
 import { EVENT_SIGNATURE_HEADER, connectNats, createLogger, createSigner, decodeEvent, names, type RegionsyncEvent } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { childConfig, fail, serveParent, toParent } from './children.js'
@@ -25,7 +25,13 @@ export interface ReplicatorChildConfig {
   targetUrl: string
   token: string
   signingKey: string
-  concurrency: number
+  /** Replays in flight in the client (`--concurrency`); the replicator's default when absent. */
+  concurrency?: number
+  /**
+   * `replicator` only: events in flight per owned partition (`--window`; 1 is one at a time).
+   * The replicator's default when absent.
+   */
+  window?: number
   /** Events the stream holds (raw reads them all before the clock starts). */
   expect: number
 }
@@ -34,6 +40,12 @@ const MEMORY_SAMPLE_MS = 50
 const LOAD_TIMEOUT_MS = 120_000
 
 type Replay = ReturnType<typeof buildReplay>
+
+/** The in-flight count raw and baseline are held to (the replicator has a default of its own). */
+function clientConcurrency (c: ReplicatorChildConfig): number {
+  if (c.concurrency === undefined) throw new Error(`${c.mode}: needs a concurrency`)
+  return c.concurrency
+}
 
 async function main (): Promise<void> {
   const c = childConfig<ReplicatorChildConfig>()
@@ -53,7 +65,7 @@ async function main (): Promise<void> {
   let close: () => Promise<void> = async () => { await nc.close() }
 
   if (c.mode === 'replicator') {
-    const replicator = await Replicator.start({
+    const options: ReplicatorOptions & { window?: number } = {
       region: c.region,
       target: c.targetUrl,
       targetToken: c.token,
@@ -63,9 +75,10 @@ async function main (): Promise<void> {
       logger: createLogger({ level: process.env.LOG_LEVEL ?? 'silent' }),
       namespace: c.namespace,
       instance: c.instance,
-      concurrency: c.concurrency,
-      connections: c.concurrency
-    })
+      ...(c.concurrency === undefined ? {} : { concurrency: c.concurrency, connections: c.concurrency }),
+      ...(c.window === undefined ? {} : { window: c.window })
+    }
+    const replicator = await Replicator.start(options)
     stats = () => ({ ...replicator.counts })
     close = async () => { await replicator.close() }
   } else if (c.mode === 'baseline') {
@@ -74,9 +87,10 @@ async function main (): Promise<void> {
   } else {
     const replays = await loadReplays(nc, c)
     await nc.close()
-    const pool = new Pool(new URL(c.targetUrl).origin, { connections: c.concurrency, keepAliveTimeout: 30_000 })
+    const concurrency = clientConcurrency(c)
+    const pool = new Pool(new URL(c.targetUrl).origin, { connections: concurrency, keepAliveTimeout: 30_000 })
     close = async () => { await pool.close() }
-    serveParentWith({ go: () => { sendAll(pool, replays, c.concurrency, () => { applied++ }).catch(fail) } })
+    serveParentWith({ go: () => { sendAll(pool, replays, concurrency, () => { applied++ }).catch(fail) } })
     toParent({ type: 'loaded', replays: replays.length })
     return
   }
@@ -110,6 +124,7 @@ async function runBaseline (nc: NatsConnection, c: ReplicatorChildConfig, onAppl
   const consumer = await jetstream(nc).consumers.get(stream, durable)
   const messages = await consumer.consume({ max_messages: 256 })
   const auth = `Bearer ${c.token}`
+  const concurrency = clientConcurrency(c)
   const apply = async (m: JsMsg): Promise<void> => {
     const e = m.json<RegionsyncEvent>()
     const res = await fetch(c.targetUrl + e.path + (e.query === '' ? '' : `?${e.query}`), {
@@ -126,7 +141,7 @@ async function runBaseline (nc: NatsConnection, c: ReplicatorChildConfig, onAppl
     for await (const m of messages) {
       const p: Promise<void> = apply(m).catch(() => m.nak()).finally(() => inflight.delete(p))
       inflight.add(p)
-      if (inflight.size >= c.concurrency) await Promise.race(inflight)
+      if (inflight.size >= concurrency) await Promise.race(inflight)
     }
     await Promise.allSettled(inflight)
   })()
@@ -136,14 +151,15 @@ async function runBaseline (nc: NatsConnection, c: ReplicatorChildConfig, onAppl
 /** Reads every event from the stream and builds the replay the replicator would send for it. */
 async function loadReplays (nc: NatsConnection, c: ReplicatorChildConfig): Promise<Replay[]> {
   const signer = createSigner(c.signingKey)
-  const target = { url: new URL(c.targetUrl), token: c.token, timeoutMs: 10_000, connections: c.concurrency }
+  const target = { url: new URL(c.targetUrl), token: c.token, timeoutMs: 10_000, connections: clientConcurrency(c) }
   const consumer = await jetstream(nc).consumers.get(names(c.namespace).eventStream)
   const messages = await consumer.consume({ max_messages: 1000 })
   const replays: Replay[] = []
   const deadline = setTimeout(() => messages.stop(), LOAD_TIMEOUT_MS)
   for await (const m of messages) {
     signer.verifyEvent(m.data, m.headers?.get(EVENT_SIGNATURE_HEADER))
-    replays.push(buildReplay(decodeEvent(m.data), target, signer))
+    // With its stream sequence, as the replicator sends it (a target's plugin may use it).
+    replays.push(buildReplay(decodeEvent(m.data), target, signer, m.seq))
     if (replays.length >= c.expect) break
   }
   clearTimeout(deadline)

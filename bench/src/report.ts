@@ -5,6 +5,7 @@ import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
 import type { ReplicationResult } from './replication.js'
 import { SCALING_TARGET, type ScalingResult } from './scaling.js'
+import { WAN_JUDGED_RTT_MS, WAN_TARGET, type WanResult } from './wan.js'
 
 export interface Sections {
   ingress?: IngressResult
@@ -12,6 +13,7 @@ export interface Sections {
   lag?: LagResult
   memory?: MemoryResult
   scaling?: ScalingResult
+  wan?: WanResult
 }
 
 export interface Target {
@@ -44,6 +46,7 @@ export function evaluateTargets (s: Sections): Target[] {
   }
   if (s.replication !== undefined) {
     t.push({ id: '2-raw', what: 'replication throughput / raw undici to the same target', target: '>= 0.80', measured: s.replication.vsRaw.toFixed(2), met: s.replication.vsRaw >= 0.8 })
+    t.push({ id: '2-raw-plugin', what: 'replication throughput / raw undici, target with the plugin', target: '>= 0.50', measured: s.replication.vsRawWithPlugin.toFixed(2), met: s.replication.vsRawWithPlugin >= 0.5 })
     t.push({ id: '2-baseline', what: 'replication throughput / hand-written baseline', target: '> 1', measured: s.replication.vsBaseline.toFixed(2), met: s.replication.vsBaseline > 1 })
   }
   if (s.lag !== undefined) {
@@ -66,8 +69,19 @@ export function evaluateTargets (s: Sections): Target[] {
     t.push({ id: '4-flat', what: 'heap retained after a full GC, large backlog / small', target: `<= ${FLAT_RATIO}`, measured: retained === null ? '-' : retained.toFixed(2), met: retained !== null && retained <= FLAT_RATIO })
   }
   if (s.scaling !== undefined) {
-    const judged = s.scaling.setups.find((x) => x.name === 'instance-bound')
-    t.push({ id: '5-scaling', what: `2 instances / 1 on a ${s.scaling.conditions.targetDelayMs} ms target, ${judged?.about ?? 'instance-bound'}`, target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
+    const k = s.scaling.conditions
+    t.push({ id: '5-scaling', what: `2 instances / 1 on a ${k.targetDelayMs} ms target, the defaults, ${k.cpuQuotaCores === null ? 'no CPU budget (cgroups unavailable)' : `${k.cpuQuotaCores} CPU per instance`}`, target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
+  }
+  if (s.wan !== undefined) {
+    for (const [id, where, ratio] of [['6-wan-nats', 'NATS', s.wan.natsFarRatio], ['6-wan-target', 'the target', s.wan.targetFarRatio]] as const) {
+      t.push({
+        id,
+        what: `WAN: 2 instances with ${where} ${WAN_JUDGED_RTT_MS} ms away / over loopback (target with the plugin)`,
+        target: `>= ${WAN_TARGET}`,
+        measured: ratio === null ? '-' : ratio.toFixed(2),
+        met: ratio !== null && ratio >= WAN_TARGET
+      })
+    }
   }
   return t
 }
@@ -89,7 +103,7 @@ export function formatResults (r: BenchResults): string[] {
   const out: string[] = []
   out.push(`regionsync bench${r.quick ? ' --quick (smoke sizes; targets not asserted)' : ''}, ${c.date.slice(0, 10)}, ${Math.round(r.durationSeconds)} s`)
   out.push(`machine: ${c.machine.cores} cores (${c.machine.cpu}), ${c.machine.memoryGB} GB, ${c.machine.os}; Node ${c.node}; nats-server ${c.natsServer}; git ${c.git.commit}${c.git.uncommittedFiles > 0 ? ` + ${c.git.uncommittedFiles} uncommitted files` : ''}`)
-  out.push(`packages: ${Object.entries(c.packages).map(([k, v]) => `${k} ${v}`).join(', ')}; ${c.partitions} partitions, max_ack_pending 1`)
+  out.push(`packages: ${Object.entries(c.packages).map(([k, v]) => `${k} ${v}`).join(', ')}; ${c.partitions} partitions`)
   if (s.ingress !== undefined) {
     const i = s.ingress
     out.push('', `1. Ingress: ${i.conditions.request}, body ${i.conditions.bodyBytes} B, ${i.conditions.connections} connections, ${i.conditions.durationSeconds} s each after ${i.conditions.warmupSeconds} s warm-up`)
@@ -121,10 +135,10 @@ export function formatResults (r: BenchResults): string[] {
     const p = s.replication
     const b = p.conditions.backlog
     out.push('', `2. Replication: backlog ${b.events.toLocaleString('en-US')} events (body ${b.bodyBytes} B, event ${b.eventBytes} B, published in ${b.publishSeconds.toFixed(1)} s), ${p.conditions.concurrency} in flight, target = example API`)
-    const raw = p.runs.find((x) => x.mode === 'raw')
+    const raw = (plugin: boolean): number => p.runs.find((x) => x.mode === 'raw' && x.targetPlugin === plugin)?.eventsPerSec ?? NaN
     const us = (v: number | null): string => v === null ? '-' : String(v)
-    out.push(...table(['client', 'events/s', 'vs raw', 'seconds', 'non-2xx', 'client RSS MB', 'CPU us/event: client', 'target', 'nats', 'other procs (cores)'], p.runs.map((x) => [
-      x.mode, n0(x.eventsPerSec), n2(x.eventsPerSec / (raw?.eventsPerSec ?? NaN)), n2(x.seconds), x.non2xx, n1(x.peakRssMB),
+    out.push(...table(['client', 'target', 'events/s', 'vs raw', 'seconds', 'non-2xx', 'client RSS MB', 'CPU us/event: client', 'target', 'nats', 'other procs (cores)'], p.runs.map((x) => [
+      x.mode, x.targetPlugin ? 'with plugin' : 'without', n0(x.eventsPerSec), n2(x.eventsPerSec / raw(x.targetPlugin)), n2(x.seconds), x.non2xx, n1(x.peakRssMB),
       us(x.cpuUsPerEvent.client), us(x.cpuUsPerEvent.target), us(x.cpuUsPerEvent.nats), x.otherCores === null ? '-' : n2(x.otherCores)
     ])))
   }
@@ -152,14 +166,23 @@ export function formatResults (r: BenchResults): string[] {
   }
   if (s.scaling !== undefined) {
     const k = s.scaling
-    out.push('', `5. Scaling: ${k.conditions.events.toLocaleString('en-US')} events to a target answering in ${k.conditions.targetDelayMs} ms, one region, 1 then 2 instances`)
-    for (const setup of k.setups) {
-      out.push(`   ${setup.name}: ${setup.about}; the target's ${k.conditions.targetDelayMs} ms caps an instance at ${setup.instanceCeilingEventsPerSec.toLocaleString('en-US')} events/s and the region at ${setup.regionCeilingEventsPerSec.toLocaleString('en-US')} (partitions x max_ack_pending 1)`)
-      out.push(...table(['instances', 'events/s', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], setup.runs.map((x) => [
-        x.instances, n0(x.eventsPerSec), n2(x.eventsPerSec / (setup.runs[0]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
-        x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
-      ])))
-    }
+    const c = k.conditions
+    out.push('', `5. Scaling: ${c.events.toLocaleString('en-US')} events to a target answering in ${c.targetDelayMs} ms, one region, 1 then 2 instances, the defaults (${c.partitions} partitions), ` +
+      (c.cpuQuotaCores === null ? `no CPU budget per instance (${c.unconstrainedBecause ?? 'unavailable'}): the instances share the machine` : `each instance with its own CPU budget of ${c.cpuQuotaCores} CPU (a cgroup quota, as a pod's CPU limit)`))
+    out.push(...table(['instances', 'events/s', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], k.runs.map((x) => [
+      x.instances, n0(x.eventsPerSec), n2(x.eventsPerSec / (k.runs[0]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
+      x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
+    ])))
+  }
+  if (s.wan !== undefined) {
+    const w = s.wan
+    const b = w.conditions.backlog
+    out.push('', `6. WAN: region ap applies a backlog of ${b.events.toLocaleString('en-US')} events (event ${b.eventBytes} B) to the ${w.conditions.target}; a delay proxy adds half the round trip each way; each run time-boxed at ${w.conditions.timeBoxSeconds} s`)
+    out.push('   nats-far: ap (its replicators and its API) is the round trip away from NATS; target-far: the replicators are beside NATS, ap\'s API is the round trip away from them and from NATS')
+    const variant = (x: { instances: number, window: number | null }): string => `${x.instances} instance${x.instances > 1 ? 's' : ''}${x.window === null ? '' : `, --window ${x.window}`}`
+    out.push(...table(['topology', 'round trip ms', 'replicators', 'events/s', 'vs 0 ms', 'events', 'seconds', 'non-2xx', 'applied per instance'], w.runs.map((x) => [
+      x.topology, x.rttMs, variant(x), n0(x.eventsPerSec), x.vsZero === null ? '-' : n2(x.vsZero), `${x.events}${x.timeBoxed ? '' : ' (all)'}`, n2(x.seconds), x.non2xx, x.perInstance.join(' + ')
+    ])))
   }
   for (const [section, message] of Object.entries(r.errors)) out.push('', `${section}: FAILED: ${message}`)
   if (r.targets.length > 0) {

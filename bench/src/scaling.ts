@@ -2,118 +2,105 @@ import { DEFAULT_PARTITIONS } from '@regionsync/shared'
 import { publishBacklog } from './backlog.js'
 import type { Child, Message } from './children.js'
 import { CpuMeter } from './cpu.js'
+import { CpuQuota } from './cpu-quota.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
 import { round, sleep, uniqueNamespace } from './util.js'
 
 export const SLOW_TARGET_MS = 5
 /** "Nearly double". */
 export const SCALING_TARGET = 1.8
-
-export type ScalingSetupName = 'instance-bound' | 'partition-bound'
-
-interface SetupSpec {
-  name: ScalingSetupName
-  partitions: number
-  /** Replays in flight per instance (`--concurrency`). */
-  concurrency: number
-  /** What the setup shows. */
-  about: string
-}
-
 /**
- * Two deployments of one region. Instances add throughput when what binds is an instance's own
- * `--concurrency` (or its CPU); the partitions cap the region whatever the instance count, since
- * each holds one event at a time (max_ack_pending 1). The target is judged on the first, where the
- * queue group's spreading of work is what is measured; the second is the default deployment,
- * reported so its ceiling is not mistaken for the queue group's.
+ * Each instance's CPU budget, as a pod's CPU limit. On this 2-core machine one unconstrained
+ * replicator already takes what nats-server, the target and the bench leave it, so a second
+ * instance could only share the same cores and "2 instances / 1" would measure the machine. At
+ * 0.35 of a core each, two instances hold 0.7 and leave the rest of the machine its headroom: what
+ * binds is each instance's own budget, and a second instance brings a second budget, as a second
+ * pod does.
  */
-const SETUPS: SetupSpec[] = [
-  { name: 'instance-bound', partitions: 64, concurrency: 8, about: '64 partitions, --concurrency 8 per instance' },
-  { name: 'partition-bound', partitions: DEFAULT_PARTITIONS, concurrency: DEFAULT_PARTITIONS, about: `the defaults: ${DEFAULT_PARTITIONS} partitions, --concurrency ${DEFAULT_PARTITIONS}` }
-]
+export const INSTANCE_CPU_CORES = 0.35
 
 export interface ScalingRun {
   instances: number
   region: string
   eventsPerSec: number
   seconds: number
-  /** Events each instance applied: how the durable consumers spread the work. */
+  /** Events each instance applied: how the instances shared the partitions. */
   perInstance: number[]
   /** CPU the instances used per event applied (together), and the rest of the machine, in cores. */
   cpuUsPerEvent: number | null
   otherCores: number | null
 }
 
-export interface ScalingSetup {
-  name: ScalingSetupName
-  about: string
-  partitions: number
-  concurrencyPerInstance: number
-  /** What the target's answer time allows one instance, and the region whatever its instances. */
-  instanceCeilingEventsPerSec: number
-  regionCeilingEventsPerSec: number
-  runs: ScalingRun[]
-  ratio: number
-}
-
 export interface ScalingResult {
-  conditions: { events: number, targetDelayMs: number, bodyBytes: number }
-  setups: ScalingSetup[]
-  /** 2 instances / 1 in the instance-bound setup: the judged figure. */
+  conditions: {
+    events: number
+    targetDelayMs: number
+    bodyBytes: number
+    partitions: number
+    /** Each instance's CPU budget; null when cgroups could not be made here (then unconstrained). */
+    cpuQuotaCores: number | null
+    /** Why the instances ran without a budget, when they did. */
+    unconstrainedBecause: string | null
+  }
+  runs: ScalingRun[]
+  /** 2 instances / 1: the judged figure. */
   ratio: number
 }
 
 /**
- * 5. Scaling with instances: per setup, one backlog applied to a target that takes 5 ms per
- * request, by one replicator instance (region eu) and by two instances of one region (region
- * ap): same stream, each region its own consumers, each run a fresh target.
+ * 5. Scaling with instances: one backlog applied to a target that takes 5 ms per request, by one
+ * replicator instance (region eu) and by two instances of one region (region ap), every instance
+ * with its own CPU budget (a cgroup CPU quota, as a pod's CPU limit), the defaults otherwise.
  */
 export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
-  const events = ctx.quick ? 1_000 : 20_000
-  const setups: ScalingSetup[] = []
+  const events = ctx.quick ? 1_000 : 10_000
+  const unconstrainedBecause = CpuQuota.unavailable()
+  if (unconstrainedBecause !== null) process.stderr.write(`\nbench scaling: instances run without a CPU budget: ${unconstrainedBecause}\n`)
+  const runs: ScalingRun[] = []
   let bodyBytes = 0
-  for (const [i, spec] of SETUPS.entries()) {
-    const runs: ScalingRun[] = []
-    await withNats(ctx, async (nats) => {
-      const namespace = uniqueNamespace('scale')
-      const step = `5/5 scaling ${i + 1}/${SETUPS.length} (${spec.about})`
-      ctx.progress.step(`${step}: publishing a backlog of ${events.toLocaleString('en-US')} events`)
-      const backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`), spec.partitions)
-      bodyBytes = backlog.bodyBytes
-      for (const [instances, region] of [[1, 'eu'], [2, 'ap']] as const) {
-        ctx.progress.step(`${step}: ${instances} instance(s), target ${SLOW_TARGET_MS} ms per request`)
-        runs.push(await measureInstances(ctx, nats.url, namespace, spec, region, instances, events))
-        await sleep(500)
-      }
-    })
-    const [one, two] = runs as [ScalingRun, ScalingRun]
-    setups.push({
-      name: spec.name,
-      about: spec.about,
-      partitions: spec.partitions,
-      concurrencyPerInstance: spec.concurrency,
-      instanceCeilingEventsPerSec: Math.round(Math.min(spec.concurrency, spec.partitions) * 1000 / SLOW_TARGET_MS),
-      regionCeilingEventsPerSec: Math.round(spec.partitions * 1000 / SLOW_TARGET_MS),
-      runs,
-      ratio: round(two.eventsPerSec / one.eventsPerSec, 3)
-    })
-  }
+  await withNats(ctx, async (nats) => {
+    const namespace = uniqueNamespace('scale')
+    ctx.progress.step(`5/6 scaling: publishing a backlog of ${events.toLocaleString('en-US')} events`)
+    const backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+    bodyBytes = backlog.bodyBytes
+    for (const [instances, region] of [[1, 'eu'], [2, 'ap']] as const) {
+      ctx.progress.step(`5/6 scaling: ${instances} instance(s)${unconstrainedBecause === null ? `, ${INSTANCE_CPU_CORES} CPU each` : ''}, target ${SLOW_TARGET_MS} ms per request`)
+      runs.push(await measureInstances(ctx, nats.url, namespace, region, instances, events, unconstrainedBecause === null))
+      await sleep(500)
+    }
+  })
+  const [one, two] = runs as [ScalingRun, ScalingRun]
   return {
-    conditions: { events, targetDelayMs: SLOW_TARGET_MS, bodyBytes },
-    setups,
-    ratio: (setups.find((s) => s.name === 'instance-bound') as ScalingSetup).ratio
+    conditions: {
+      events,
+      targetDelayMs: SLOW_TARGET_MS,
+      bodyBytes,
+      partitions: DEFAULT_PARTITIONS,
+      cpuQuotaCores: unconstrainedBecause === null ? INSTANCE_CPU_CORES : null,
+      unconstrainedBecause
+    },
+    runs,
+    ratio: round(two.eventsPerSec / one.eventsPerSec, 3)
   }
 }
 
-async function measureInstances (ctx: BenchContext, natsUrl: string, namespace: string, spec: SetupSpec, region: string, instances: number, events: number): Promise<ScalingRun> {
+async function measureInstances (ctx: BenchContext, natsUrl: string, namespace: string, region: string, instances: number, events: number, limited: boolean): Promise<ScalingRun> {
   const target = await startTarget({ mode: 'stub', region, delayMs: SLOW_TARGET_MS, expect: events })
   const reps: Child[] = []
+  const quotas: CpuQuota[] = []
   try {
     for (let i = 1; i <= instances; i++) {
-      reps.push(startClient(ctx, {
+      const rep = startClient(ctx, {
         mode: 'replicator', natsUrl, namespace, region, instance: `${region}-${i}`, targetUrl: target.url, token: 'bench',
-        signingKey: ctx.signingKey, concurrency: spec.concurrency, expect: events
-      }, `scaling-${spec.name}-${region}-${i}`))
+        signingKey: ctx.signingKey, expect: events
+      }, `scaling-${region}-${i}`)
+      reps.push(rep)
+      if (limited) {
+        // Moved in before it has connected: everything it does runs within its budget.
+        const quota = CpuQuota.create(`${region}-${i}`, INSTANCE_CPU_CORES)
+        quotas.push(quota)
+        quota.add(rep.pid)
+      }
     }
     const meter = new CpuMeter(Object.fromEntries(reps.map((r, i) => [`r${i}`, r.pid])))
     await Promise.all(reps.map(async (r) => await r.next('ready', 60_000)))
@@ -134,5 +121,6 @@ async function measureInstances (ctx: BenchContext, natsUrl: string, namespace: 
     }
   } finally {
     await stopAll([...reps, target.child])
+    for (const q of quotas) q.remove()
   }
 }

@@ -1,12 +1,19 @@
+import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi } from '@regionsync/examples'
+import { connectNats } from '@regionsync/shared'
 import { childConfig, fail, serveParent, toParent, type Message } from './children.js'
 
 /**
- * A target region's API, counting the writes it answered 2xx. `identity` is the example API
- * without the plugin (what replication is measured against); `stub` answers every request 201
+ * A target region's API, counting the writes it answered 2xx. `identity` is the example API,
+ * without the plugin, or with it (`plugin`) as a real region runs it: the plugin checks each
+ * replay's signature and answers a repeat from its replay records in JetStream KV, over its own
+ * NATS connection (which the WAN section routes through a delay proxy); `stub` answers every request 201
  * after `delayMs` (the slow target of the scaling run, the cheap target of the memory run).
  * It reports `done` when `expect` writes were answered 2xx: first arrival and last answer, on
  * this process's clock, give the throughput the target saw.
@@ -19,6 +26,8 @@ export interface TargetChildConfig {
   expect: number
   /** Keep, per Idempotency-Key, the wall-clock time its write was answered (for end-to-end lag). */
   recordApplied?: boolean
+  /** `identity` only: run the regionsync plugin, region `region`, on this NATS and namespace. */
+  plugin?: { natsUrl: string, namespace: string, signingKey: string }
 }
 
 export interface TargetDone extends Message {
@@ -55,11 +64,28 @@ async function main (): Promise<void> {
   let url: string
   let close: () => Promise<void>
   if (c.mode === 'identity') {
-    const app = await buildIdentityApi({ region: c.region, regionsync: false, ...(c.token !== undefined ? { token: c.token } : {}) })
+    let nc: NatsConnection | null = null
+    let spoolDir: string | null = null
+    if (c.plugin !== undefined) {
+      nc = await connectNats({ servers: c.plugin.natsUrl, name: `bench-target-${c.region}` })
+      spoolDir = await mkdtemp(join(tmpdir(), `regionsync-bench-target-${c.region}-`))
+    }
+    const app = await buildIdentityApi({
+      region: c.region,
+      regionsync: c.plugin === undefined || nc === null || spoolDir === null
+        ? false
+        : { region: c.region, connection: nc, signingKey: c.plugin.signingKey, namespace: c.plugin.namespace, spool: { dir: spoolDir } },
+      ...(c.token !== undefined ? { token: c.token } : {})
+    })
     app.addHook('onRequest', async () => { arrived() })
     app.addHook('onResponse', async (request, reply) => { answered(reply.statusCode, request.headers['idempotency-key'], request.method) })
     url = await app.listen({ port: 0, host: '127.0.0.1' })
-    close = async () => { await app.close() }
+    close = async () => {
+      await app.close()
+      // The plugin does not close a connection it was given.
+      if (nc !== null && !nc.isClosed()) await nc.close()
+      if (spoolDir !== null) await rm(spoolDir, { recursive: true, force: true })
+    }
   } else {
     const delayMs = c.delayMs ?? 0
     const server = createServer((req: IncomingMessage, res: ServerResponse) => {

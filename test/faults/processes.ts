@@ -34,6 +34,12 @@ class Child {
     return proc
   }
 
+  /** Sends a signal and returns at once: SIGSTOP freezes the process, SIGCONT wakes it. */
+  signal (signal: NodeJS.Signals): void {
+    if (!this.running) throw new Error(`${this.label} is not running`)
+    this.proc?.kill(signal)
+  }
+
   /** kill -9 (by default) and wait for it to be gone. */
   async kill (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const proc = this.proc
@@ -67,11 +73,12 @@ function metricsPortIn (output: string): number | undefined {
 export class ReplicatorProcess extends Child {
   #runStartsAt = 0
 
-  constructor (opts: { region: string, target: string, token: string, servers: string[], namespace: string, timeoutMs: number, index: number }) {
+  constructor (opts: { region: string, target: string, token: string, servers: string[], namespace: string, timeoutMs: number, index: number, extraArgs?: string[] }) {
     super(`replicator ${opts.region}#${opts.index}`, [REGIONSYNC, 'replicate',
       '--region', opts.region, '--target', opts.target, '--nats', opts.servers.join(','),
       '--signing-key', SIGNING_KEY, '--target-token', opts.token, '--namespace', opts.namespace,
-      '--timeout-ms', String(opts.timeoutMs), '--metrics-port', '0', '--metrics-host', '127.0.0.1'
+      '--timeout-ms', String(opts.timeoutMs), '--metrics-port', '0', '--metrics-host', '127.0.0.1',
+      ...(opts.extraArgs ?? [])
     ], { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info' })
   }
 

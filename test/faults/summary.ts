@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -78,12 +79,22 @@ export function formatTable (rows: SummaryRow[]): string[] {
   return lines
 }
 
+/** The version of the nats-server the suite ran on (NATS_SERVER_BIN, as the helpers start it). */
+function natsServerVersion (): string {
+  try {
+    return execFileSync(process.env.NATS_SERVER_BIN ?? 'nats-server', ['--version'], { encoding: 'utf8', timeout: 5000 }).trim().replace(/^nats-server:\s*/, '')
+  } catch {
+    return 'unknown'
+  }
+}
+
 /** Writes test/output/faults-summary.md and .json; returns the markdown. */
 export function writeSummary (rows: SummaryRow[], totalSeconds: number): string {
   mkdirSync(OUTPUT_DIR, { recursive: true })
   const mode = rows.some((r) => r.quick) ? 'quick (FAULTS_QUICK=1)' : 'full'
+  const natsServer = natsServerVersion()
   const md = [
-    `# regionsync fault suite: ${mode} run, ${new Date().toISOString()}`,
+    `# regionsync fault suite: ${mode} run, ${new Date().toISOString()}, nats-server ${natsServer}`,
     '',
     ...formatTable(rows),
     '',
@@ -91,6 +102,6 @@ export function writeSummary (rows: SummaryRow[], totalSeconds: number): string 
     ''
   ].join('\n')
   writeFileSync(join(OUTPUT_DIR, 'faults-summary.md'), md)
-  writeFileSync(join(OUTPUT_DIR, 'faults-summary.json'), JSON.stringify({ mode, at: new Date().toISOString(), totalSeconds, rows }, null, 2))
+  writeFileSync(join(OUTPUT_DIR, 'faults-summary.json'), JSON.stringify({ mode, at: new Date().toISOString(), natsServer, totalSeconds, rows }, null, 2))
   return md
 }

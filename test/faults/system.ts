@@ -37,6 +37,14 @@ export interface SystemOptions {
   replicatorsPerRegion?: number
   /** @default REQUEST_TIMEOUT_MS */
   timeoutMs?: number
+  /**
+   * The suite makes every region's consumers first, with its short ack wait (ACK_WAIT_MS); false
+   * leaves that to the replicators, with the command's defaults, as an operator who sets nothing.
+   * @default true
+   */
+  suiteConsumers?: boolean
+  /** More `regionsync replicate` flags for every instance. @default [] */
+  replicatorArgs?: string[]
 }
 
 interface Source {
@@ -75,7 +83,7 @@ export class FaultSystem {
   readonly #sourceToken = `client-bearer-${randomBytes(12).toString('hex')}`
 
   private constructor (o: SystemOptions) {
-    this.options = { sourceProcess: false, replicas: 1, partitions: 16, replicatorsPerRegion: 2, timeoutMs: REQUEST_TIMEOUT_MS, ...o }
+    this.options = { sourceProcess: false, replicas: 1, partitions: 16, replicatorsPerRegion: 2, timeoutMs: REQUEST_TIMEOUT_MS, suiteConsumers: true, replicatorArgs: [], ...o }
     this.n = names(this.ns)
     this.checker = new Checker(this.ns)
     this.credentials = {
@@ -113,7 +121,7 @@ export class FaultSystem {
     // The source's plugin made the stream; check it is the one asked for.
     const info = await ensureEventStream(this.nc, this.jsm, this.n, parseStreamSettings(this.streamSettings))
     if (info.partitions !== this.options.partitions) throw new Error(`stream has ${info.partitions} partitions`)
-    for (const region of TARGET_REGIONS) {
+    for (const region of this.options.suiteConsumers ? TARGET_REGIONS : []) {
       await Promise.all(Array.from({ length: this.options.partitions }, async (_, partition) =>
         await ensurePartitionConsumer(this.jsm, this.n, { region, partition, from: { kind: 'first' }, ackWaitMs: ACK_WAIT_MS, window: 256 })))
     }
@@ -124,7 +132,8 @@ export class FaultSystem {
       const proxy = await FaultProxy.start(api.url)
       this.#cleanup.push(async () => await proxy.close())
       const replicators = Array.from({ length: this.options.replicatorsPerRegion }, (_, index) => new ReplicatorProcess({
-        region: name, target: proxy.url, token, servers: this.options.servers, namespace: this.ns, timeoutMs: this.options.timeoutMs, index
+        region: name, target: proxy.url, token, servers: this.options.servers, namespace: this.ns, timeoutMs: this.options.timeoutMs, index,
+        extraArgs: this.options.replicatorArgs
       }))
       this.#cleanup.push(async () => { for (const r of replicators) await r.kill() })
       this.regions.push({ name, api, proxy, token, replicators })
@@ -205,9 +214,9 @@ export class FaultSystem {
   }
 
   /** Events not yet applied, per region, from JetStream's consumer state. */
-  async pending (): Promise<Record<string, number>> {
+  async pending (regions = this.regions): Promise<Record<string, number>> {
     const out: Record<string, number> = {}
-    for (const r of this.regions) out[r.name] = (await regionLag(this.jsm, this.n, r.name, this.options.partitions)).pending
+    for (const r of regions) out[r.name] = (await regionLag(this.jsm, this.n, r.name, this.options.partitions)).pending
     return out
   }
 
@@ -225,19 +234,20 @@ export class FaultSystem {
   /**
    * Waits until nothing is pending for any region and every region holds every acknowledged write
    * and the same data as the source (or, for a source process, as each other); bounded by
-   * `timeoutMs`. Returns how long it took.
+   * `timeoutMs`. Returns how long it took. `only` names the regions to wait for (default all).
    */
-  async waitForRegions (timeoutMs = CONVERGE_MS): Promise<number> {
+  async waitForRegions (timeoutMs = CONVERGE_MS, only?: string[]): Promise<number> {
+    const regions = only === undefined ? this.regions : this.regions.filter((r) => only.includes(r.name))
     const started = Date.now()
     const deadline = started + timeoutMs
     let last = ''
     while (Date.now() < deadline) {
       try {
-        const pending = await this.pending()
+        const pending = await this.pending(regions)
         const reference = await this.sourceState()
-        const states = await Promise.all(this.regions.map(async (r) => await r.api.state()))
+        const states = await Promise.all(regions.map(async (r) => await r.api.state()))
         const acked = this.checker.ackedIds()
-        const missing = this.regions.map((r) => {
+        const missing = regions.map((r) => {
           const applied = new Set(r.api.replays.filter((a) => a.handled && a.status < 300 && a.status >= 200).map((a) => a.wid))
           return acked.filter((w) => !applied.has(w)).length
         })
