@@ -58,7 +58,7 @@ function harness (o: { window?: number, run?: (e: Entry) => Promise<Step>, outst
     owns: () => owns.value,
     fenced: () => { fencedCalls.push(Date.now()) },
     validForMs: () => (owns.value ? 2000 : 0),
-    keyOf: (data) => Buffer.from(data).toString(),
+    decode: (data) => ({ key: Buffer.from(data).toString(), decoded: null }),
     isApplied: async (e) => o.isApplied?.(e) ?? false,
     run: o.run ?? (async (e) => {
       // Different keys take different times, so lanes finish out of stream order.

@@ -21,10 +21,11 @@ export function dead (reason: DeadLetterReason, detail: string, status: number |
  * What an event's bytes allow before anything is sent: a replay, or a verdict. Decoding comes
  * first so a dead letter can say what the event was; nothing unsigned is looked at further.
  */
-export function admit (data: Uint8Array, signature: string | undefined, region: string, signer: Signer): { kind: 'replay', event: RegionsyncEvent } | Verdict {
+export function admit (data: Uint8Array, signature: string | undefined, region: string, signer: Signer, decoded?: RegionsyncEvent | null): { kind: 'replay', event: RegionsyncEvent } | Verdict {
   let event: RegionsyncEvent
   try {
-    event = decodeEvent(data)
+    // Decoded already when it arrived, unless it could not be: decoding again says why.
+    event = decoded ?? decodeEvent(data)
   } catch (err) {
     return dead('malformed', (err as Error).message)
   }

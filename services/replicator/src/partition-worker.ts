@@ -12,6 +12,8 @@ export interface Entry {
   handle: AckHandle | null
   /** Events with the same key are applied one after another, in stream order. */
   key: string
+  /** The event as decoded once on arrival (opaque here); null when it could not be. */
+  decoded: unknown
   /** Read the applied log before replaying: a redelivery, a takeover, or just after one. */
   verify: boolean
   attempt: number
@@ -47,8 +49,8 @@ export interface PartitionWorkerDeps {
   fenced: () => void
   /** How long it may still act without another renewal; no pull outlives it. */
   validForMs: () => number
-  /** The event's resource key; null when it cannot be decoded. */
-  keyOf: (data: Uint8Array) => string | null
+  /** Decodes the event once: its resource key and what the other steps will read. Null when it cannot be decoded. */
+  decode: (data: Uint8Array) => { key: string, decoded: unknown } | null
   /** True when the region's applied log has the event. */
   isApplied: (e: Entry) => Promise<boolean>
   /** One attempt: verify, replay, judge. Checks ownership right before it sends. */
@@ -171,9 +173,11 @@ export class PartitionWorker {
   }
 
   #admit (s: StoredEvent & { deliveryCount: number, handle: AckHandle | null }): void {
+    const d = this.#d.decode(s.data)
     const e: Entry = {
       ...s,
-      key: this.#d.keyOf(s.data) ?? `\u0000undecodable:${s.seq}`,
+      key: d?.key ?? `\u0000undecodable:${s.seq}`,
+      decoded: d?.decoded ?? null,
       verify: s.handle === null || s.deliveryCount > 1 || this.#verifying,
       attempt: 0,
       lastSignalAt: Date.now(),

@@ -200,16 +200,17 @@ export class Replicator {
       owns: () => own.owns(partition, epoch),
       fenced: () => own.relinquish(partition, epoch),
       validForMs: () => own.validForMs(partition),
-      keyOf: (data) => {
+      decode: (data) => {
         try {
-          return decodeEvent(data).resource
+          const event = decodeEvent(data)
+          return { key: event.resource, decoded: event }
         } catch {
           return null
         }
       },
       isApplied: async (e) => {
-        const id = eventIdOf(e.data)
-        return id !== null && await (this.#applied as AppliedLog).has(id)
+        const id = eventOf(e)?.id
+        return id !== undefined && await (this.#applied as AppliedLog).has(id)
       },
       run: async (e) => await this.#attempt(e, () => own.owns(partition, epoch)),
       settle: async (e, step) => await this.#settle(e, step),
@@ -284,7 +285,7 @@ export class Replicator {
 
   /** One attempt at an event of an owned partition: the verdict, carried out as far as the ack. */
   async #attempt (e: Entry, owns: () => boolean): Promise<Step> {
-    const v = await this.#evaluate(e.data, e.signature, e.seq, e.attempt, owns)
+    const v = await this.#evaluate(e.data, e.signature, e.seq, e.attempt, owns, eventOf(e))
     if (v === null) return { kind: 'fenced' }
     switch (v.kind) {
       case 'retry':
@@ -306,7 +307,7 @@ export class Replicator {
   async #settle (e: Entry, step: Step & { kind: 'done' | 'dead' }): Promise<void> {
     const v = this.#verdicts.get(e)
     this.#verdicts.delete(e)
-    const id = eventIdOf(e.data)
+    const id = eventOf(e)?.id ?? null
     if (step.kind === 'dead' && v?.kind === 'dead') {
       await this.#deadLetter(e, v)
       if (id !== null) await this.#record(id, 'dead')
@@ -328,7 +329,7 @@ export class Replicator {
       detail: v.detail,
       status: v.status,
       excerpt: v.excerpt,
-      ...eventFields(e.data),
+      ...eventFields(eventOf(e)),
       streamSeq: e.seq,
       subject: e.subject,
       failedAt: new Date().toISOString(),
@@ -365,8 +366,8 @@ export class Replicator {
    * replay it (only while `owns()` holds, checked right before the request goes out), and judge
    * the answer. Null when ownership ended before the replay went out.
    */
-  async #evaluate (data: Uint8Array, signature: string | undefined, seq: number | null, attempt: number, owns: () => boolean): Promise<Verdict | null> {
-    const a = admit(data, signature, this.region, this.#signer)
+  async #evaluate (data: Uint8Array, signature: string | undefined, seq: number | null, attempt: number, owns: () => boolean, decoded?: RegionsyncEvent | null): Promise<Verdict | null> {
+    const a = admit(data, signature, this.region, this.#signer, decoded)
     if (a.kind !== 'replay') {
       if (a.kind === 'done') this.metrics.skipped.inc({ region: this.region, reason: a.outcome })
       else if (a.kind === 'dead') this.#noteError(new Error(`${a.reason}: ${a.detail}`))
@@ -570,11 +571,11 @@ function eventIdOf (data: Uint8Array): string | null {
   }
 }
 
-function eventFields (data: Uint8Array): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
-  try {
-    const e = decodeEvent(data)
-    return { eventId: e.id, resource: e.resource, method: e.method, path: e.path }
-  } catch {
-    return { eventId: null, resource: null, method: null, path: null }
-  }
+/** The event the worker decoded on arrival; null when it could not be decoded. */
+function eventOf (e: Entry): RegionsyncEvent | null {
+  return e.decoded as RegionsyncEvent | null
+}
+
+function eventFields (e: RegionsyncEvent | null): { eventId: string | null, resource: string | null, method: string | null, path: string | null } {
+  return e === null ? { eventId: null, resource: null, method: null, path: null } : { eventId: e.id, resource: e.resource, method: e.method, path: e.path }
 }
