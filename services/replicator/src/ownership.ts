@@ -67,6 +67,8 @@ export class PartitionOwnership {
   #ticking: Promise<void> | null = null
   #closed = false
   #watch: { stop: () => void } | null = null
+  /** Hand-overs under way; they run beside the renewal rounds, which must never wait for them. */
+  readonly #releasing = new Set<Promise<void>>()
 
   private constructor (kv: KV, region: string, instance: string, partitions: number, h: OwnershipHandlers, log: Logger) {
     this.#kv = kv
@@ -179,8 +181,15 @@ export class PartitionOwnership {
     const work: Array<Promise<void>> = []
     for (const [p, h] of this.#held) {
       if (h.releasing) continue
-      if (!assigned.has(p)) work.push(this.#release(p, h))
-      else work.push(this.#renew(p, h))
+      if (assigned.has(p)) {
+        work.push(this.#renew(p, h))
+        continue
+      }
+      // A hand-over waits for the worker to finish what it holds (seconds): the other leases
+      // must go on being renewed meanwhile.
+      const release = this.#release(p, h).catch((err) => this.#log.warn({ err, partition: p }, 'handing a partition over failed'))
+      this.#releasing.add(release)
+      void release.finally(() => this.#releasing.delete(release))
     }
     for (const p of assigned) if (!this.#held.has(p)) work.push(this.#acquire(p))
     await Promise.all(work)
@@ -247,7 +256,8 @@ export class PartitionOwnership {
     this.#closed = true
     if (this.#timer !== null) clearTimeout(this.#timer)
     await this.#ticking
-    await Promise.all([...this.#held.entries()].map(async ([p, h]) => await this.#release(p, h).catch(() => {})))
+    await Promise.all([...this.#held.entries()].filter(([, h]) => !h.releasing).map(async ([p, h]) => await this.#release(p, h).catch(() => {})))
+    await Promise.allSettled([...this.#releasing])
     await this.#kv.delete(`${this.#region}.m.${this.#instance}`).catch(() => {})
     this.#watch?.stop()
   }
