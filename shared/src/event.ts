@@ -50,6 +50,12 @@ export interface RegionsyncEvent {
    */
   idSegments: number[]
   created: CreatedResource | null
+  /**
+   * Present (and true) only on an event `regionsync verify --repair` made: the source's state of a
+   * resource that a region was found to differ on. Absent on every other event, so events written
+   * before repairs existed, and readers built before them, are unaffected.
+   */
+  repair?: true
 }
 
 export interface NewEventInput {
@@ -66,6 +72,7 @@ export interface NewEventInput {
   created?: CreatedResource | null
   committedAt?: Date
   id?: string
+  repair?: boolean
 }
 
 export function createEvent (input: NewEventInput): RegionsyncEvent {
@@ -73,7 +80,7 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
   // Text travels as text unless JSON escaping would make it larger than base64: an event's size
   // must stay within 4/3 of the body's, which is what the publisher's body limit counts on.
   const utf8 = body === null || (isUtf8(body) && jsonEscapedLength(body) <= Math.ceil(body.length / 3) * 4)
-  return {
+  const event: RegionsyncEvent = {
     v: EVENT_VERSION,
     id: input.id ?? randomUUID(),
     origin: input.origin,
@@ -90,6 +97,9 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
     idSegments: input.idSegments ?? [],
     created: input.created ?? null
   }
+  // Set only when true, so every other event encodes exactly as before.
+  if (input.repair === true) event.repair = true
+  return event
 }
 
 /**
@@ -179,6 +189,7 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
       throw new MalformedEventError('created must be null or { id, field, mode }')
     }
   }
+  if (e.repair !== undefined && e.repair !== true) throw new MalformedEventError('repair must be true when present')
   return e as unknown as RegionsyncEvent
 }
 
