@@ -258,3 +258,5 @@ function listRoute<T extends { id: string }> (app: FastifyInstance, path: string
     return { [field]: page, links: { self: request.url, next, previous: null } }
   })
 }
+
+export { identityVerifyConfig } from './verify-config.js'

@@ -1,0 +1,165 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { createIdentityStore, identityVerifyConfig } from '@regionsync/examples'
+import { runCli, type VerifyReport } from '@regionsync/replicator'
+import { decodeEvent, names } from '@regionsync/shared'
+import { describe, expect, it } from 'vitest'
+import { SIGNING_KEY, call, startIdentityApi, startReplicator, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
+import { useNats } from './helpers/harness.js'
+
+const h = useNats()
+
+async function api (opts: Parameters<typeof startIdentityApi>[0]): Promise<RunningApi> {
+  const running = await startIdentityApi(opts)
+  h.defer(async () => await running.app.close())
+  return running
+}
+
+/** Runs `regionsync verify` as an operator would; returns its exit code and output. */
+async function verify (args: string[]): Promise<{ code: number, out: string[], err: string[] }> {
+  const out: string[] = []
+  const err: string[] = []
+  const code = await runCli(['verify', ...args], { out: (l) => out.push(l), err: (l) => err.push(l), env: {} })
+  return { code, out, err }
+}
+
+describe('regionsync verify', () => {
+  it('reports exactly what was changed behind regionsync\'s back while the source keeps writing, repairs it through the stream, and then finds every region equal', async () => {
+    const ns = uniqueNamespace()
+    const nc = await h.connection()
+    const source = await api({ region: 'us', namespace: ns, nc })
+    const euStore = createIdentityStore()
+    const apStore = createIdentityStore()
+    const eu = await api({ region: 'eu', namespace: ns, nc, token: 'eu-secret', store: euStore })
+    const ap = await api({ region: 'ap', namespace: ns, nc, token: 'ap-secret', store: apStore })
+    // A second door to each target's data, without the plugin: writes through it are never replicated.
+    const euBehind = await api({ region: 'eu', namespace: ns, plugin: false, store: euStore })
+    const apBehind = await api({ region: 'ap', namespace: ns, plugin: false, store: apStore })
+    for (const [region, target, token] of [['eu', eu.url, 'eu-secret'], ['ap', ap.url, 'ap-secret']] as const) {
+      const r = await startReplicator(await h.connection(), { region, target, targetToken: token, namespace: ns })
+      h.defer(async () => await r.close())
+    }
+
+    const users: string[] = []
+    for (let i = 0; i < 60; i++) {
+      users.push((await call(source.url, 'POST', '/v3/users', { user: { name: `user${i}`, email: `user${i}@example.org`, password: `pw${i}` } })).body.user.id)
+    }
+    const projects: string[] = []
+    for (let i = 0; i < 12; i++) projects.push((await call(source.url, 'POST', '/v3/projects', { project: { name: `project${i}` } })).body.project.id)
+    const settled = async (): Promise<boolean> => {
+      const want = JSON.stringify((await state(source.url)).projects)
+      return (await state(eu.url)).users.length === (await state(source.url)).users.length &&
+        JSON.stringify((await state(ap.url)).projects) === want && JSON.stringify((await state(eu.url)).projects) === want
+    }
+    await waitFor('the regions to replicate the seed', settled)
+
+    // Behind regionsync's back: a user only eu has, a user eu lost, a user whose email eu changed,
+    // a project whose name ap changed.
+    const extra = (await call(euBehind.url, 'POST', '/v3/users', { user: { name: 'stowaway' } })).body.user.id as string
+    expect((await call(euBehind.url, 'DELETE', `/v3/users/${users[7] as string}`)).status).toBe(204)
+    expect((await call(euBehind.url, 'PATCH', `/v3/users/${users[21] as string}`, { user: { email: 'changed@eu.example.org' } })).status).toBe(200)
+    expect((await call(apBehind.url, 'PATCH', `/v3/projects/${projects[3] as string}`, { project: { name: 'renamed in ap' } })).status).toBe(200)
+
+    // The source keeps taking writes throughout: new users, and updates to them.
+    let writing = true
+    let written = 0
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        const res = await call(source.url, 'POST', '/v3/users', { user: { name: `live${i}` } })
+        await call(source.url, 'PATCH', `/v3/users/${res.body.user.id as string}`, { user: { enabled: false } })
+        written++
+      }
+    })()
+    h.defer(async () => { writing = false; await writer })
+
+    const dir = await mkdtemp(join(tmpdir(), 'regionsync-verify-'))
+    h.defer(async () => await rm(dir, { recursive: true, force: true }))
+    const configFile = join(dir, 'verify.json')
+    const config = identityVerifyConfig('us', { us: { url: source.url }, eu: { url: eu.url }, ap: { url: ap.url } })
+    // Small pages, so paging runs many times over while the source writes.
+    await writeFile(configFile, JSON.stringify({ ...config, pageSize: 7 }))
+    const common = ['--config', configFile, '--nats', h.nats.url, '--namespace', ns]
+
+    await waitFor('the writer to get going', () => written >= 5)
+    const first = await verify([...common, '--json'])
+    expect(first.err).toEqual([])
+    expect(first.code).toBe(1)
+    const report = JSON.parse(first.out[0] as string) as VerifyReport
+    const found = report.differences.map(({ type, region, id, kind, field, proof }) => ({ type, region, id, kind, field, proof }))
+    expect(found).toEqual(expect.arrayContaining([
+      { type: 'users', region: 'eu', id: extra, kind: 'extra', field: null, proof: 'confirmed' },
+      { type: 'users', region: 'eu', id: users[7], kind: 'missing', field: null, proof: 'confirmed' },
+      { type: 'users', region: 'eu', id: users[21], kind: 'different', field: 'email', proof: 'confirmed' },
+      { type: 'projects', region: 'ap', id: projects[3], kind: 'different', field: 'name', proof: 'confirmed' }
+    ]))
+    expect(found).toHaveLength(4)
+    const eusers = report.types.find((t) => t.type === 'users')?.regions.find((r) => r.region === 'eu')
+    expect(eusers).toMatchObject({ missing: 1, extra: 1, different: 1, beyondLimit: 0 })
+    expect(report.positions.map((p) => p.region).sort()).toEqual(['ap', 'eu'])
+
+    // The table a person reads says the same.
+    const table = await verify(common)
+    expect(table.code).toBe(1)
+    expect(table.out.join('\n')).toMatch(/users\s+eu\s+\d+\s+\d+\s+1\s+1\s+1\s+DIFFERS/)
+    expect(table.out.join('\n')).toMatch(/projects\s+ap\s+12\s+12\s+0\s+0\s+1\s+DIFFERS/)
+
+    // --dry-run lists the repairs and publishes none.
+    const dry = await verify([...common, '--json', '--repair', '--dry-run'])
+    const planned = (JSON.parse(dry.out[0] as string) as VerifyReport).repairs
+    expect(planned.map((r) => [r.id, r.method, r.outcome]).sort()).toEqual([
+      [extra, 'DELETE', 'would-publish'], [users[7], 'PUT', 'would-publish'], [users[21], 'PUT', 'would-publish'], [projects[3], 'PUT', 'would-publish']
+    ].sort())
+    expect(planned.every((r) => r.eventId === null)).toBe(true)
+    const bounded = await verify([...common, '--json', '--repair', '--dry-run', '--max-repairs', '1'])
+    expect((JSON.parse(bounded.out[0] as string) as VerifyReport).repairs).toHaveLength(1)
+
+    // A repair without the signing key is refused by name.
+    expect((await verify([...common, '--repair'])).err.join('\n')).toMatch(/--signing-key/)
+    const repaired = await verify([...common, '--json', '--repair', '--signing-key', SIGNING_KEY])
+    expect(repaired.code).toBe(1)
+    const repairs = (JSON.parse(repaired.out[0] as string) as VerifyReport).repairs
+    expect(repairs.map((r) => [r.id, r.method, r.outcome]).sort()).toEqual([
+      [extra, 'DELETE', 'published'], [users[7], 'PUT', 'published'], [users[21], 'PUT', 'published'], [projects[3], 'PUT', 'published']
+    ].sort())
+
+    // Each repair is an event in the stream like any other: signed, of the source, marked, keyed on its resource.
+    const jsm = await jetstreamManager(nc)
+    const n = names(ns)
+    for (const r of repairs) {
+      const msg = await jsm.streams.getMessage(n.eventStream, { seq: r.seq as number })
+      const event = decodeEvent(msg?.data as Uint8Array)
+      expect(event).toMatchObject({ id: r.eventId, origin: 'us', repair: true, resource: r.resource, method: r.method })
+      expect(msg?.header.get('Nats-Msg-Id')).toBe(r.eventId)
+    }
+
+    // The regions apply them; eu's stray user is gone, its lost one back, the changed fields restored.
+    await waitFor('the repairs to be applied', async () =>
+      (await call(eu.url, 'GET', `/v3/users/${extra}`)).status === 404 &&
+      (await call(eu.url, 'GET', `/v3/users/${users[7] as string}`)).body.user?.name === 'user7' &&
+      (await call(eu.url, 'GET', `/v3/users/${users[21] as string}`)).body.user.email === 'user21@example.org' &&
+      (await call(ap.url, 'GET', `/v3/projects/${projects[3] as string}`)).body.project.name === 'project3')
+
+    const second = await verify([...common, '--json'])
+    const clean = JSON.parse(second.out[0] as string) as VerifyReport
+    expect(clean.differences).toEqual([])
+    expect(clean.clean).toBe(true)
+    expect(second.code).toBe(0)
+    writing = false
+    await writer
+    expect(written).toBeGreaterThan(5)
+  })
+
+  it('rejects a config mistake with one line naming the field', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'regionsync-verify-'))
+    h.defer(async () => await rm(dir, { recursive: true, force: true }))
+    const file = join(dir, 'verify.json')
+    const config = identityVerifyConfig('us', { us: { url: 'http://127.0.0.1:1' }, eu: { url: 'http://127.0.0.1:2' } }) as { types: Array<Record<string, unknown>> }
+    ;(config.types[1] as Record<string, unknown>).paging = { kind: 'pages' }
+    await writeFile(file, JSON.stringify(config))
+    const res = await verify(['--config', file, '--nats', h.nats.url])
+    expect(res.code).toBe(2)
+    expect(res.err).toEqual(['regionsync: types[1].paging.kind: expects "offset", "cursor" or "link"'])
+  })
+})
