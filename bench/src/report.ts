@@ -5,6 +5,7 @@ import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
 import type { ReplicationResult } from './replication.js'
 import { SCALING_TARGET, type ScalingResult } from './scaling.js'
+import { VERIFY_FLAT_RATIO, type VerifyResult } from './verify.js'
 
 export interface Sections {
   ingress?: IngressResult
@@ -12,6 +13,7 @@ export interface Sections {
   lag?: LagResult
   memory?: MemoryResult
   scaling?: ScalingResult
+  verify?: VerifyResult
 }
 
 export interface Target {
@@ -68,6 +70,11 @@ export function evaluateTargets (s: Sections): Target[] {
   if (s.scaling !== undefined) {
     const judged = s.scaling.setups.find((x) => x.name === 'instance-bound')
     t.push({ id: '5-scaling', what: `2 instances / 1 on a ${s.scaling.conditions.targetDelayMs} ms target, ${judged?.about ?? 'instance-bound'}`, target: `>= ${SCALING_TARGET}`, measured: s.scaling.ratio.toFixed(2), met: s.scaling.ratio >= SCALING_TARGET })
+  }
+  if (s.verify !== undefined) {
+    const last = s.verify.runs[s.verify.runs.length - 1]
+    t.push({ id: '6-memory', what: `verify peak RSS, ${last?.resources.toLocaleString('en-US') ?? '-'} users / ${s.verify.runs[0]?.resources.toLocaleString('en-US') ?? '-'}`, target: `<= ${VERIFY_FLAT_RATIO}`, measured: s.verify.rssRatio.toFixed(2), met: s.verify.rssRatio <= VERIFY_FLAT_RATIO })
+    t.push({ id: '6-found', what: 'verify found exactly the planted differences', target: 'all runs', measured: s.verify.runs.map((x) => `${x.found}/${x.planted}`).join(', '), met: s.verify.runs.every((x) => x.found === x.planted) })
   }
   return t
 }
@@ -160,6 +167,14 @@ export function formatResults (r: BenchResults): string[] {
         x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
       ])))
     }
+  }
+  if (s.verify !== undefined) {
+    const v = s.verify
+    out.push('', `6. regionsync verify: one type (users), regions ${v.conditions.regions.join(', ')}, ${v.conditions.paging} paging of ${v.conditions.pageSize}, ${v.conditions.concurrency} requests in flight, ${v.conditions.planted}; APIs and verify are separate processes on this machine`)
+    out.push(...table(['users per region', 'seconds', 'users/s', 'CPU s', 'requests', 'RSS at start MB', 'peak RSS MB', 'peak heap MB', 'found / planted'], v.runs.map((x) => [
+      x.resources.toLocaleString('en-US'), n2(x.seconds), n0(x.resourcesPerSec), n2(x.cpuSeconds), x.requests, n1(x.startRssMB), n1(x.peakRssMB), n1(x.peakHeapMB), `${x.found} / ${x.planted}`
+    ])))
+    out.push(`   peak RSS, largest / smallest run: ${n2(v.rssRatio)} (a sorted streaming merge holds one page per region, whatever the count)`)
   }
   for (const [section, message] of Object.entries(r.errors)) out.push('', `${section}: FAILED: ${message}`)
   if (r.targets.length > 0) {
