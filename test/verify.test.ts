@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { createIdentityStore, identityVerifyConfig } from '@regionsync/examples'
-import { runCli, type VerifyReport } from '@regionsync/replicator'
+import { createVerifyMetrics, formatStatusTable, gatherStatus, runCli, type VerifyReport } from '@regionsync/replicator'
 import { decodeEvent, names } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, startIdentityApi, startReplicator, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
@@ -99,6 +99,11 @@ describe('regionsync verify', () => {
     expect(eusers).toMatchObject({ missing: 1, extra: 1, different: 1, beyondLimit: 0 })
     expect(report.positions.map((p) => p.region).sort()).toEqual(['ap', 'eu'])
 
+    // regionsync status shows what the last full check found, per region.
+    const status = await gatherStatus(nc, names(ns), 200)
+    expect(status.map((r) => [r.region, r.divergent])).toEqual([['ap', 1], ['eu', 3]])
+    expect(formatStatusTable(status)[0]).toMatch(/DIVERGENT/)
+
     // The table a person reads says the same.
     const table = await verify(common)
     expect(table.code).toBe(1)
@@ -146,6 +151,16 @@ describe('regionsync verify', () => {
     expect(clean.differences).toEqual([])
     expect(clean.clean).toBe(true)
     expect(second.code).toBe(0)
+    expect((await gatherStatus(nc, names(ns), 200)).map((r) => [r.region, r.divergent])).toEqual([['ap', 0], ['eu', 0]])
+
+    // What --every exports after each run.
+    const metrics = createVerifyMetrics()
+    metrics.record(report)
+    metrics.record(clean)
+    const text = await metrics.registry.metrics()
+    expect(text).toMatch(/regionsync_divergent_resources\{region="eu",type="users"\} 0/)
+    expect(text).toMatch(new RegExp(`regionsync_verify_last_full_check_timestamp_seconds ${Date.parse(clean.finishedAt) / 1000}`))
+    expect(text).toMatch(/regionsync_verify_runs_total\{result="divergent"\} 1/)
     writing = false
     await writer
     expect(written).toBeGreaterThan(5)
