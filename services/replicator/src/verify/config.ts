@@ -93,11 +93,15 @@ export function parseVerifyConfig (raw: unknown, env: Record<string, string | un
     const at = `regions.${name}`
     validateRegion(name, at)
     const r = object(v, at)
-    known(r, at, ['url', 'tokenEnv'])
+    known(r, at, ['url', 'urlEnv', 'tokenEnv'])
+    // urlEnv, when set in the environment, wins over url: one file serves a laptop and a cluster.
+    const urlEnv = r.urlEnv === undefined ? undefined : string(r.urlEnv, `${at}.urlEnv`)
+    const fromEnv = urlEnv === undefined ? undefined : env[urlEnv]
+    const url = fromEnv !== undefined && fromEnv !== '' ? parseTargetUrl(fromEnv, urlEnv as string) : parseTargetUrl(r.url, `${at}.url`)
     const tokenEnv = r.tokenEnv === undefined ? undefined : string(r.tokenEnv, `${at}.tokenEnv`)
     const token = tokenEnv === undefined ? undefined : env[tokenEnv]
     if (tokenEnv !== undefined && (token === undefined || token === '')) throw new InvalidOptionError(`${at}.tokenEnv`, `names ${tokenEnv}, which is not set`)
-    return { name, url: parseTargetUrl(r.url, `${at}.url`), token }
+    return { name, url, token }
   })
   const sourceRegion = regions.find((r) => r.name === source)
   if (sourceRegion === undefined) throw new InvalidOptionError('source', `names region ${source}, which regions does not list`)

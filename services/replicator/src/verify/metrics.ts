@@ -25,9 +25,11 @@ export function createVerifyMetrics (registry = new Registry()): VerifyMetrics {
   })
   const lastCheck = new Gauge({
     name: 'regionsync_verify_last_full_check_timestamp_seconds',
-    help: 'Unix time at which the last full verify finished',
+    help: 'Unix time at which the last full verify finished (the verifier\'s start until one has)',
     registers
   })
+  // Not 0 before the first run ends: a first run over millions of resources is not a stale check.
+  lastCheck.set(Date.now() / 1000)
   const runs = new Counter({ name: 'regionsync_verify_runs_total', help: 'Verify runs, by result (clean, divergent, failed)', labelNames: ['result'], registers })
   for (const result of ['clean', 'divergent', 'failed']) runs.inc({ result }, 0)
   return {
