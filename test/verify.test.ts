@@ -3,11 +3,15 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { createIdentityStore, identityVerifyConfig } from '@regionsync/examples'
-import { createVerifyMetrics, formatStatusTable, gatherStatus, runCli, type VerifyReport } from '@regionsync/replicator'
+import {
+  RegionReader, Semaphore, canonicalJson, createVerifyMetrics, firstDifference, formatStatusTable, gatherStatus, hashOf, mergeSorted, nextLink,
+  parseVerifyConfig, runCli, type TypeConfig, type VerifyReport
+} from '@regionsync/replicator'
 import { decodeEvent, names } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, startIdentityApi, startReplicator, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
+import { TestTarget, type ScriptedReply } from './helpers/target.js'
 
 const h = useNats()
 
@@ -176,5 +180,87 @@ describe('regionsync verify', () => {
     const res = await verify(['--config', file, '--nats', h.nats.url])
     expect(res.code).toBe(2)
     expect(res.err).toEqual(['regionsync: types[1].paging.kind: expects "offset", "cursor" or "link"'])
+  })
+})
+
+describe('verify pieces', () => {
+  const listOf = async function * (ids: string[]): AsyncGenerator<{ id: string, value: unknown }> {
+    for (const id of ids) yield { id, value: { id } }
+  }
+
+  it('merges sorted lists into their union, in order, each id once with what each list holds', async () => {
+    const rows: Array<[string, boolean[]]> = []
+    for await (const row of mergeSorted([listOf(['a', 'c', 'd']), listOf(['b', 'c']), listOf([])], (a, b) => a < b ? -1 : a > b ? 1 : 0)) {
+      rows.push([row.id, row.values.map((v) => v !== undefined)])
+    }
+    expect(rows).toEqual([['a', [true, false, false]], ['b', [false, true, false]], ['c', [true, true, false]], ['d', [true, false, false]]])
+  })
+
+  it('normalises before comparing: key order and ignored fields do not count; the first differing field is named', () => {
+    const a = { id: '1', name: 'x', meta: { updated: 'now', tags: ['a'] } }
+    const b = { meta: { tags: ['a'], updated: 'later' }, name: 'x', id: '1' }
+    expect(canonicalJson(a, ['meta.updated'])).toBe(canonicalJson(b, ['meta.updated']))
+    expect(hashOf(canonicalJson(a, []))).not.toBe(hashOf(canonicalJson(b, [])))
+    expect(firstDifference(a, b)).toBe('meta.updated')
+    expect(firstDifference({ a: [1, 2] }, { a: [1] })).toBe('a.1')
+    expect(firstDifference({ a: 1 }, { a: 1, b: 2 })).toBe('b')
+  })
+
+  it('reads the next page from a Link header', () => {
+    expect(nextLink('<https://api/x?page=1>; rel="prev", <https://api/x?page=3>; rel="next"')).toBe('https://api/x?page=3')
+    expect(nextLink('<https://api/x?page=1>; rel="prev"')).toBeNull()
+  })
+
+  it('pages by offset and by Link header, stays on the region\'s origin, and refuses a list out of id order', async () => {
+    const ids = Array.from({ length: 23 }, (_, i) => `id${String(i).padStart(2, '0')}`)
+    const target = await TestTarget.start({
+      script: (req): ScriptedReply => {
+        const url = new URL(req.path, 'http://x')
+        const offset = Number(url.searchParams.get('offset') ?? url.searchParams.get('page') ?? 0)
+        const limit = Number(url.searchParams.get('limit'))
+        const page = ids.slice(offset, offset + limit).map((id) => ({ id }))
+        if (url.pathname === '/unsorted') return { body: JSON.stringify([{ id: 'b' }, { id: 'a' }]) }
+        if (url.pathname === '/away') return { body: JSON.stringify({ data: [{ id: 'a' }] }), headers: { link: '<http://elsewhere.example/x?limit=5>; rel="next"' } }
+        const next = offset + limit < ids.length ? `</linked?limit=${limit}&page=${offset + limit}>; rel="next"` : undefined
+        return { body: JSON.stringify({ data: page }), headers: next === undefined ? {} as Record<string, string> : { link: next } }
+      }
+    })
+    h.defer(async () => await target.close())
+    const reader = new RegionReader({ name: 'eu', url: new URL(target.url), token: 'read-token' }, 1000, { semaphore: new Semaphore(2) })
+    h.defer(async () => await reader.close())
+    const type = (over: Partial<TypeConfig>): TypeConfig => ({
+      name: 't', collection: '/offset', items: 'data', id: 'id', idOrder: 'string', paging: { kind: 'offset', offsetParam: 'offset', limitParam: 'limit' },
+      item: { path: '/t/{id}', field: '' }, ignore: [], resourceKey: '/t/{id}', repair: null, ...over
+    })
+    const all = async (t: TypeConfig): Promise<string[]> => { const out: string[] = []; for await (const r of reader.list(t, 5)) out.push(r.id); return out }
+    expect(await all(type({}))).toEqual(ids)
+    expect(await all(type({ collection: '/linked', paging: { kind: 'link', limitParam: 'limit', next: null } }))).toEqual(ids)
+    expect(target.requests.every((r) => r.headers.authorization === 'Bearer read-token')).toBe(true)
+    await expect(all(type({ collection: '/unsorted', items: '' }))).rejects.toThrow(/ascending string order/)
+    await expect(all(type({ collection: '/away', paging: { kind: 'link', limitParam: 'limit', next: null } }))).rejects.toThrow(/must stay on the region's origin/)
+  })
+
+  it('names the field of every config mistake', () => {
+    const base = (): Record<string, any> => identityVerifyConfig('us', { us: { url: 'http://127.0.0.1:1' }, eu: { url: 'http://127.0.0.1:2', tokenEnv: 'EU_READ_TOKEN' } })
+    const fails = (mutate: (c: Record<string, any>) => void, env: Record<string, string> = { EU_READ_TOKEN: 't' }): string => {
+      const c = base()
+      mutate(c)
+      try {
+        parseVerifyConfig(c, env)
+      } catch (err) {
+        return (err as Error).message
+      }
+      return 'accepted'
+    }
+    expect(fails(() => {})).toBe('accepted')
+    expect(fails(() => {}, {})).toBe('regions.eu.tokenEnv: names EU_READ_TOKEN, which is not set')
+    expect(fails((c) => { c.source = 'ap' })).toMatch(/^source: names region ap/)
+    expect(fails((c) => { c.types[0].colour = 'red' })).toMatch(/^types\[0\]\.colour: is not a known field/)
+    expect(fails((c) => { c.types[0].item.path = '/v3/users' })).toMatch(/^types\[0\]\.item\.path: expects a path with \{id\}/)
+    expect(fails((c) => { c.regions.eu.url = 'ftp://x' })).toMatch(/^regions\.eu\.url: expects an http\(s\) URL/)
+    expect(fails((c) => { c.maxRps = 0 })).toMatch(/^maxRps: expects a whole number/)
+    expect(fails((c) => { c.types[1].name = 'users' })).toBe('types: lists users twice')
+    const parsed = parseVerifyConfig({ ...base(), regions: { ...base().regions, us: { url: 'http://127.0.0.1:1', urlEnv: 'US_URL' } } }, { EU_READ_TOKEN: 't', US_URL: 'http://10.0.0.1:3000' })
+    expect(parsed.regions.map((r) => [r.name, r.url.origin])).toEqual([['us', 'http://10.0.0.1:3000'], ['eu', 'http://127.0.0.1:2']])
   })
 })

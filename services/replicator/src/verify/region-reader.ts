@@ -93,7 +93,7 @@ export class RegionReader {
    * comparison; at most two pages of the region are held.
    */
   async * list (type: TypeConfig, pageSize: number): AsyncGenerator<ListedResource> {
-    let next: Promise<Page> | null = this.#page(type, firstPageUrl(type.collection, type.paging, pageSize))
+    let next: Promise<Page> | null = this.#prefetch(type, firstPageUrl(type.collection, type.paging, pageSize))
     let last: ListedResource | null = null
     let offset = 0
     while (next !== null) {
@@ -101,17 +101,25 @@ export class RegionReader {
       offset += page.items.length
       next = null
       const following = nextPageUrl(type, page, pageSize, offset)
-      if (following !== null) next = this.#page(type, following)
+      if (following !== null) next = this.#prefetch(type, following)
       for (const item of page.items) {
         if (last !== null && compareIds(type, last.id, item.id) >= 0) {
-          // Let a prefetch in flight settle; its outcome no longer matters.
-          next?.catch(() => {})
           throw new VerifyReadError(this.region.name, `${type.name}: ${type.collection} does not list ids in ascending ${type.idOrder} order (${JSON.stringify(last.id)} before ${JSON.stringify(item.id)}); verify compares sorted lists (set idOrder, or sort the collection by id)`)
         }
         last = item
         yield item
       }
     }
+  }
+
+  /**
+   * A page requested ahead. Its failure surfaces when the list reaches it; until then (or if the
+   * list is abandoned first) it must not count as an unhandled rejection, which ends the process.
+   */
+  #prefetch (type: TypeConfig, pathAndQuery: string): Promise<Page> {
+    const p = this.#page(type, pathAndQuery)
+    p.catch(() => {})
+    return p
   }
 
   async #page (type: TypeConfig, pathAndQuery: string): Promise<Page> {
