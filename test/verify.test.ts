@@ -7,7 +7,7 @@ import {
   RegionReader, Semaphore, canonicalJson, createVerifyMetrics, firstDifference, formatStatusTable, gatherStatus, hashOf, mergeSorted, nextLink,
   parseVerifyConfig, runCli, type TypeConfig, type VerifyReport
 } from '@regionsync/replicator'
-import { decodeEvent, names } from '@regionsync/shared'
+import { createEvent, decodeEvent, encodeEvent, names } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, startIdentityApi, startReplicator, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
@@ -238,6 +238,18 @@ describe('verify pieces', () => {
     expect(target.requests.every((r) => r.headers.authorization === 'Bearer read-token')).toBe(true)
     await expect(all(type({ collection: '/unsorted', items: '' }))).rejects.toThrow(/ascending string order/)
     await expect(all(type({ collection: '/away', paging: { kind: 'link', limitParam: 'limit', next: null } }))).rejects.toThrow(/must stay on the region's origin/)
+  })
+
+  it('marks a repair event, and decodes the mark strictly while events without it read as before', () => {
+    const plain = createEvent({ origin: 'us', method: 'PUT', path: '/v3/users/u1', resource: '/v3/users/u1' })
+    expect('repair' in plain).toBe(false)
+    expect(JSON.parse(Buffer.from(encodeEvent(plain)).toString())).not.toHaveProperty('repair')
+    const repair = createEvent({ origin: 'us', method: 'DELETE', path: '/v3/users/u1', resource: '/v3/users/u1', repair: true })
+    expect(decodeEvent(encodeEvent(repair)).repair).toBe(true)
+    expect(decodeEvent(encodeEvent(plain)).repair).toBeUndefined()
+    for (const bad of [false, 'yes', 1, null]) {
+      expect(() => decodeEvent(Buffer.from(JSON.stringify({ ...plain, repair: bad })))).toThrow('repair must be true when present')
+    }
   })
 
   it('names the field of every config mistake', () => {

@@ -148,7 +148,7 @@ async function continuous (once: () => Promise<VerifyReport>, everyMs: number, p
       const began = Date.now()
       try {
         const report = await once()
-        metrics.record(report)
+        metrics.record(report, full)
         if (full) await publishSummaries(nc, n, report, log)
         log.info({ clean: report.clean, differences: report.differences.length, repairs: report.repairs.length, durationMs: report.durationMs }, 'verify run finished')
       } catch (err) {

@@ -9,8 +9,8 @@ export const DEFAULT_VERIFY_METRICS_PORT = 9465
 
 export interface VerifyMetrics {
   registry: Registry
-  /** Sets every gauge from one finished run. */
-  record: (report: VerifyReport) => void
+  /** Sets the gauges from one finished run; the last full check only when it covered every type. */
+  record: (report: VerifyReport, full?: boolean) => void
   /** Counts a run that could not finish (a region unreadable). */
   failed: () => void
 }
@@ -34,11 +34,11 @@ export function createVerifyMetrics (registry = new Registry()): VerifyMetrics {
   for (const result of ['clean', 'divergent', 'failed']) runs.inc({ result }, 0)
   return {
     registry,
-    record (report) {
+    record (report, full = true) {
       for (const [region, byType] of divergentByRegion(report)) {
         for (const [type, n] of Object.entries(byType)) divergent.set({ region, type }, n)
       }
-      lastCheck.set(Date.parse(report.finishedAt) / 1000)
+      if (full) lastCheck.set(Date.parse(report.finishedAt) / 1000)
       runs.inc({ result: report.clean ? 'clean' : 'divergent' })
     },
     failed () { runs.inc({ result: 'failed' }) }
