@@ -141,11 +141,14 @@ export async function runVerify (o: VerifyRunOptions): Promise<VerifyReport> {
       }
       types.push(report)
       differences.push(...kept)
+      o.logger.info({ type: type.name, resources: report.resources, differences: kept.length, settled: report.settled }, 'verify compared a type')
       if (o.repair && o.nats?.repair !== undefined) {
         const ids = [...new Set(kept.map((d) => d.id))]
         for (const id of ids) {
           if (repairs.length >= o.maxRepairs) break
-          repairs.push(await publishRepair(o.nats.repair, type, id, async () => await (readers[0] as RegionReader).getItem(type, fillTemplate(type.item.path, id)), o.dryRun))
+          const outcome = await publishRepair(o.nats.repair, type, id, async () => await (readers[0] as RegionReader).getItem(type, fillTemplate(type.item.path, id)), o.dryRun)
+          o.logger.info({ type: type.name, id, method: outcome.method, outcome: outcome.outcome, seq: outcome.seq, eventId: outcome.eventId }, 'verify repair')
+          repairs.push(outcome)
         }
       }
     }
