@@ -91,7 +91,8 @@ export async function verifyCommand (args: string[], io: VerifyIo, tools: Verify
   const everyMs = f.every === undefined ? null : duration(f.every as string, '--every')
   const metricsPort = whole(f['metrics-port'], '--metrics-port', 0, 65535)
   const n = names(validateNamespace(f.namespace, '--namespace'))
-  const log = createLogger({ name: 'regionsync-verify', level: everyMs === null ? (io.env.LOG_LEVEL ?? 'warn') : (io.env.LOG_LEVEL ?? 'info') })
+  // stderr: stdout is the report (--json is for scripts).
+  const log = createLogger({ name: 'regionsync-verify', level: io.env.LOG_LEVEL ?? (everyMs === null ? 'warn' : 'info') }, process.stderr)
 
   const nc = await tools.connect(f.nats as string)
   try {
