@@ -1,13 +1,13 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { createIdentityStore, identityVerifyConfig } from '@regionsync/examples'
 import {
   RegionReader, Semaphore, canonicalJson, createVerifyMetrics, firstDifference, formatStatusTable, gatherStatus, hashOf, mergeSorted, nextLink,
-  parseVerifyConfig, runCli, type TypeConfig, type VerifyReport
+  parseVerifyConfig, publishRepair, runCli, type TypeConfig, type VerifyReport
 } from '@regionsync/replicator'
-import { createEvent, decodeEvent, encodeEvent, names } from '@regionsync/shared'
+import { createEvent, createSigner, decodeEvent, defaultStreamSettings, encodeEvent, ensureEventStream, eventBody, names, partitionOf } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, startIdentityApi, startReplicator, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
@@ -168,6 +168,29 @@ describe('regionsync verify', () => {
     writing = false
     await writer
     expect(written).toBeGreaterThan(5)
+  })
+
+  it('never publishes a stale repair: a source write between its read and its publish makes it read the source again', async () => {
+    const nc = await h.connection()
+    const jsm = await jetstreamManager(nc)
+    const n = names(uniqueNamespace())
+    const { partitions } = await ensureEventStream(nc, jsm, n, defaultStreamSettings())
+    const users = parseVerifyConfig(identityVerifyConfig('us', { us: { url: 'http://127.0.0.1:1' }, eu: { url: 'http://127.0.0.1:2' } })).types[0] as TypeConfig
+    const ctx = { js: jetstream(nc), jsm, names: n, partitions, signer: createSigner(SIGNING_KEY), source: 'us' }
+    const subject = n.eventSubject(partitionOf('/v3/users/u1', partitions), 'us')
+    let reads = 0
+    const outcome = await publishRepair(ctx, users, 'u1', async () => {
+      reads++
+      // The source takes a write of this partition after verify read it, and publishes its event.
+      if (reads === 1) await ctx.js.publish(subject, encodeEvent(createEvent({ origin: 'us', method: 'PATCH', path: '/v3/users/u1', resource: '/v3/users/u1' })))
+      return { id: 'u1', name: `read ${reads}`, email: null, enabled: true }
+    }, false)
+    expect(reads).toBe(2)
+    expect(outcome).toMatchObject({ outcome: 'published', method: 'PUT', path: '/v3/users/u1', resource: '/v3/users/u1' })
+    const stored = await jsm.streams.getMessage(n.eventStream, { seq: outcome.seq as number })
+    const event = decodeEvent(stored?.data as Uint8Array)
+    expect(JSON.parse((eventBody(event) as Buffer).toString())).toEqual({ user: { name: 'read 2', email: null, enabled: true } })
+    expect(() => createSigner(SIGNING_KEY).verifyEvent(stored?.data as Uint8Array, stored?.header.get('Regionsync-Signature'))).not.toThrow()
   })
 
   it('rejects a config mistake with one line naming the field', async () => {
