@@ -43,7 +43,8 @@ export function formatVerifyReport (r: VerifyReport): string[] {
  */
 export class ProgressLine {
   readonly #write: (s: string) => void
-  readonly #started = Date.now()
+  #type = ''
+  #started = Date.now()
   #drawn = false
 
   constructor (write: (s: string) => void) {
@@ -51,6 +52,10 @@ export class ProgressLine {
   }
 
   update (p: VerifyProgress): void {
+    if (p.type !== this.#type) {
+      this.#type = p.type
+      this.#started = Date.now()
+    }
     const s = (Date.now() - this.#started) / 1000
     const rate = s > 0 ? Math.round(p.compared / s) : 0
     this.#write(`\r\x1b[2K${p.type}: ${p.compared.toLocaleString('en')} compared, ${p.differences} differ, ${rate.toLocaleString('en')}/s, ${s.toFixed(0)}s`)
