@@ -66,13 +66,15 @@ describe('regionsync verify', () => {
     expect((await call(euBehind.url, 'PATCH', `/v3/users/${users[21] as string}`, { user: { email: 'changed@eu.example.org' } })).status).toBe(200)
     expect((await call(apBehind.url, 'PATCH', `/v3/projects/${projects[3] as string}`, { project: { name: 'renamed in ap' } })).status).toBe(200)
 
-    // The source keeps taking writes throughout: new users, and updates to them.
+    // The source keeps taking writes throughout: new users, updates to them, and updates to users
+    // that existed when verify began (which a region may not have applied yet when it reads them).
     let writing = true
     let written = 0
     const writer = (async () => {
       for (let i = 0; writing; i++) {
         const res = await call(source.url, 'POST', '/v3/users', { user: { name: `live${i}` } })
         await call(source.url, 'PATCH', `/v3/users/${res.body.user.id as string}`, { user: { enabled: false } })
+        await call(source.url, 'PATCH', `/v3/users/${users[40 + (i % 10)] as string}`, { user: { name: `renamed ${i}` } })
         written++
       }
     })()
