@@ -32,6 +32,8 @@ COPY services/replicator/src services/replicator/src
 COPY services/replicator/bin services/replicator/bin
 COPY examples/tsconfig.json examples/
 COPY examples/src examples/src
+# The example API's verify config, which the compose `verify` service runs.
+COPY examples/verify.json examples/
 
 # Only the shipped workspaces: the root tsconfig also references bench/, which the image does not carry.
 RUN npx tsc -b shared services/publisher services/replicator examples \
@@ -55,8 +57,8 @@ RUN mkdir -p /app/.data/spool && chown -R node:node /app/.data
 
 USER node
 
-# 3000: example API; 9464: replicator /metrics, /status, /healthz, /readyz
-EXPOSE 3000 9464
+# 3000: example API; 9464: replicator /metrics, /status, /healthz, /readyz; 9465: verify --every /metrics
+EXPOSE 3000 9464 9465
 
 ENTRYPOINT ["node", "services/replicator/bin/regionsync.js"]
 CMD ["--help"]

@@ -238,7 +238,7 @@ describe('regionsync status', () => {
     const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
     expect(table.code).toBe(0)
     const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
-    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'LAST ERROR'])
+    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'LAST ERROR'])
     expect(rows).toHaveLength(3)
     const ap3 = rows.find((r) => r[0] === 'ap')
     const eu0 = rows.find((r) => r[0] === 'eu')

@@ -13,9 +13,10 @@ import { runReplication } from './replication.js'
 import { evaluateTargets, formatResults, type BenchResults, type Sections } from './report.js'
 import { runScaling } from './scaling.js'
 import { Progress, round } from './util.js'
+import { runVerifyBench } from './verify.js'
 import { runWan } from './wan.js'
 
-const SECTIONS = ['ingress', 'replication', 'lag', 'memory', 'scaling', 'wan'] as const
+const SECTIONS = ['ingress', 'replication', 'lag', 'memory', 'scaling', 'wan', 'verify'] as const
 type SectionName = (typeof SECTIONS)[number]
 /** Shares of the measured capacity the lag run offers, in turn; the target is judged at the last. */
 const LAG_LOAD_SHARES = [0.25, 0.5]
@@ -92,6 +93,7 @@ async function main (): Promise<number> {
   sections.memory = await attempt('memory', async () => await runMemory(ctx))
   sections.scaling = await attempt('scaling', async () => await runScaling(ctx))
   sections.wan = await attempt('wan', async () => await runWan(ctx))
+  sections.verify = await attempt('verify', async () => await runVerifyBench(ctx))
   ctx.progress.done()
 
   const profiles: ProfileSummary[] = profileDir === null

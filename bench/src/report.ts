@@ -5,6 +5,7 @@ import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
 import type { ReplicationResult } from './replication.js'
 import { SCALING_TARGET, type ScalingResult } from './scaling.js'
+import { VERIFY_FLAT_RATIO, type VerifyResult } from './verify.js'
 import { WAN_JUDGED_RTT_MS, WAN_TARGET, type WanResult } from './wan.js'
 
 export interface Sections {
@@ -14,6 +15,7 @@ export interface Sections {
   memory?: MemoryResult
   scaling?: ScalingResult
   wan?: WanResult
+  verify?: VerifyResult
 }
 
 export interface Target {
@@ -82,6 +84,11 @@ export function evaluateTargets (s: Sections): Target[] {
         met: ratio !== null && ratio >= WAN_TARGET
       })
     }
+  }
+  if (s.verify !== undefined) {
+    const last = s.verify.runs[s.verify.runs.length - 1]
+    t.push({ id: '7-memory', what: `verify peak live heap, ${last?.resources.toLocaleString('en-US') ?? '-'} users / ${s.verify.runs[0]?.resources.toLocaleString('en-US') ?? '-'}`, target: `<= ${VERIFY_FLAT_RATIO}`, measured: s.verify.liveHeapRatio.toFixed(2), met: s.verify.liveHeapRatio <= VERIFY_FLAT_RATIO })
+    t.push({ id: '7-found', what: 'verify found exactly the planted differences', target: 'all runs', measured: s.verify.runs.map((x) => `${x.found}/${x.planted}`).join(', '), met: s.verify.runs.every((x) => x.found === x.planted) })
   }
   return t
 }
@@ -183,6 +190,14 @@ export function formatResults (r: BenchResults): string[] {
     out.push(...table(['topology', 'round trip ms', 'replicators', 'events/s', 'vs 0 ms', 'events', 'seconds', 'non-2xx', 'applied per instance'], w.runs.map((x) => [
       x.topology, x.rttMs, variant(x), n0(x.eventsPerSec), x.vsZero === null ? '-' : n2(x.vsZero), `${x.events}${x.timeBoxed ? '' : ' (all)'}`, n2(x.seconds), x.non2xx, x.perInstance.join(' + ')
     ])))
+  }
+  if (s.verify !== undefined) {
+    const v = s.verify
+    out.push('', `7. regionsync verify: one type (users), regions ${v.conditions.regions.join(', ')}, ${v.conditions.paging} paging of ${v.conditions.pageSize}, ${v.conditions.concurrency} requests in flight, ${v.conditions.planted}; APIs and verify are separate processes on this machine`)
+    out.push(...table(['users per region', 'seconds', 'users/s', 'CPU s', 'requests', 'RSS at start MB', 'peak RSS MB', 'peak heap MB', 'peak live heap MB', 'found / planted'], v.runs.map((x) => [
+      x.resources.toLocaleString('en-US'), n2(x.seconds), n0(x.resourcesPerSec), n2(x.cpuSeconds), x.requests, n1(x.startRssMB), n1(x.peakRssMB), n1(x.peakHeapMB), n1(x.peakLiveHeapMB), `${x.found} / ${x.planted}`
+    ])))
+    out.push(`   largest / smallest run: peak live heap ${n2(v.liveHeapRatio)}, peak RSS ${n2(v.rssRatio)} (live heap: what is still in use after a full GC, sampled every second; RSS and heap in use also follow when V8 collects)`)
   }
   for (const [section, message] of Object.entries(r.errors)) out.push('', `${section}: FAILED: ${message}`)
   if (r.targets.length > 0) {

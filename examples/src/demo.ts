@@ -6,11 +6,12 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { Replicator } from '@regionsync/replicator'
+import { Replicator, formatVerifyReport, parseVerifyConfig, runVerify } from '@regionsync/replicator'
 import { connectNats, createLogger, names, regionLag, type RegionLag } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { buildIdentityApi, type IdentityState } from './identity-api.js'
+import { identityVerifyConfig } from './verify-config.js'
 
 interface Io { out: (line: string) => void, err: (line: string) => void, env: Record<string, string | undefined> }
 
@@ -97,6 +98,19 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
       io.out(`${t.region}: ${got.users.length} users, ${got.projects.length} projects, ${got.grants.length} grants: ${same ? `equal to ${SOURCE}` : `DIFFERENT from ${SOURCE} (${SOURCE} has ${expected.users.length} users, ${expected.projects.length} projects, ${expected.grants.length} grants)`}`)
     }
     io.out(allMatch ? 'every region matches the source' : 'some region does not match the source')
+    // The same question the way an operator asks it of real regions: through the APIs' own reads.
+    io.out('')
+    io.out('$ regionsync verify --config examples/verify.json')
+    const verified = await runVerify({
+      config: parseVerifyConfig(identityVerifyConfig(SOURCE, Object.fromEntries([[SOURCE, { url: sourceUrl }], ...targets.map((t) => [t.region, { url: t.url }])]))),
+      nats: { jsm, names: n, partitions },
+      repair: false,
+      dryRun: false,
+      maxRepairs: 0,
+      logger: log
+    })
+    for (const line of formatVerifyReport(verified)) io.out(line)
+    allMatch &&= verified.clean
     if (values.once !== true) {
       io.out(`still running: try \`curl ${sourceUrl}/_state\` or write to ${sourceUrl}/v3/users and watch it reach ${targets.map((t) => t.url).join(' and ')}; Ctrl-C stops the demo`)
       await new Promise<void>((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve) })

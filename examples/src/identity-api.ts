@@ -13,10 +13,31 @@ export interface IdentityApiOptions {
   /** Options for the regionsync plugin; false runs the API without it. */
   regionsync: RegionsyncPluginOptions | false
   logger?: FastifyServerOptions['logger']
+  /**
+   * The region's data. Two apps given the same store are two doors to one region's data: the
+   * tests write through a second app without the plugin to change a region behind regionsync's back.
+   */
+  store?: IdentityStore
 }
 
-interface User { id: string, name: string, email: string | null, passwordHash: string | null, enabled: boolean }
-interface Project { id: string, name: string, description: string }
+/** One region's data, as its database would hold it. */
+export interface IdentityStore {
+  users: Map<string, User>
+  projects: Map<string, Project>
+  grants: Set<string>
+  /** Bumped by every create and delete, so a list knows when its sorted ids are stale. */
+  revision: number
+}
+
+export function createIdentityStore (): IdentityStore {
+  return { users: new Map(), projects: new Map(), grants: new Set(), revision: 0 }
+}
+
+/** Lists page at most this many at once (Keystone's default list limit is also a config value). */
+const MAX_LIST_LIMIT = 1000
+
+export interface User { id: string, name: string, email: string | null, passwordHash: string | null, enabled: boolean }
+export interface Project { id: string, name: string, description: string }
 
 export interface IdentityState {
   users: User[]
@@ -66,9 +87,8 @@ const publicUser = (u: User): Omit<User, 'passwordHash'> => ({ id: u.id, name: u
 
 export async function buildIdentityApi (options: IdentityApiOptions): Promise<FastifyInstance> {
   const app = Fastify({ logger: options.logger ?? false })
-  const users = new Map<string, User>()
-  const projects = new Map<string, Project>()
-  const grants = new Set<string>()
+  const store = options.store ?? createIdentityStore()
+  const { users, projects, grants } = store
 
   if (options.token !== undefined) {
     const expected = `Bearer ${options.token}`
@@ -96,6 +116,7 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
     if (input.password !== undefined) input.password = hash(input.password)
     const user: User = { id, name: input.name, email: input.email ?? null, passwordHash: input.password ?? null, enabled: input.enabled ?? true }
     users.set(id, user)
+    store.revision++
     return await reply.code(201).send({ user: publicUser(user) })
   })
   app.get<{ Params: { id: string } }>('/v3/users/:id', async (request, reply) => {
@@ -114,6 +135,7 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
   })
   app.delete<{ Params: { id: string } }>('/v3/users/:id', async (request, reply) => {
     if (!users.delete(request.params.id)) return await reply.code(404).send({ error: 'no such user' })
+    store.revision++
     for (const g of grants) if (g.startsWith(`${request.params.id}/`)) grants.delete(g)
     return await reply.code(204).send()
   })
@@ -125,6 +147,7 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
     if (projects.has(id)) return await reply.code(409).send({ error: `project ${id} exists` })
     const project: Project = { id, name: input.name, description: input.description ?? '' }
     projects.set(id, project)
+    store.revision++
     return await reply.code(201).send({ project })
   })
   app.patch<{ Params: { id: string }, Body: { project: ProjectInput } }>('/v3/projects/:id', { schema: { body: projectBody } }, async (request, reply) => {
@@ -135,7 +158,46 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
   })
   app.delete<{ Params: { id: string } }>('/v3/projects/:id', async (request, reply) => {
     if (!projects.delete(request.params.id)) return await reply.code(404).send({ error: 'no such project' })
+    store.revision++
     return await reply.code(204).send()
+  })
+
+  // Lists, in ascending id order, paged Keystone's way (`limit` and `marker`, the last id seen) or
+  // by `offset`; `links.next` is the next page, null on the last. `regionsync verify` reads them.
+  listRoute(app, '/v3/users', 'users', users, store, publicUser)
+  listRoute(app, '/v3/projects', 'projects', projects, store, (p) => p)
+  app.get<{ Params: { id: string } }>('/v3/projects/:id', async (request, reply) => {
+    const project = projects.get(request.params.id)
+    return project === undefined ? await reply.code(404).send({ error: 'no such project' }) : { project }
+  })
+
+  // Create or replace under a given id: what `regionsync verify --repair` sends, the source's
+  // representation of a resource. A password is not part of it, so an existing one is kept.
+  app.put<{ Params: { id: string }, Body: { user: UserInput } }>('/v3/users/:id', { schema: { body: userBody } }, async (request, reply) => {
+    const input = request.body.user
+    if (input.name === undefined) return await reply.code(400).send({ error: 'user.name is required' })
+    const id = request.params.id
+    const existing = users.get(id)
+    const user: User = {
+      id,
+      name: input.name,
+      email: input.email ?? null,
+      passwordHash: input.password !== undefined ? hash(input.password) : existing?.passwordHash ?? null,
+      enabled: input.enabled ?? true
+    }
+    users.set(id, user)
+    store.revision++
+    return await reply.code(existing === undefined ? 201 : 200).send({ user: publicUser(user) })
+  })
+  app.put<{ Params: { id: string }, Body: { project: ProjectInput } }>('/v3/projects/:id', { schema: { body: projectBody } }, async (request, reply) => {
+    const input = request.body.project
+    if (input.name === undefined) return await reply.code(400).send({ error: 'project.name is required' })
+    const id = request.params.id
+    const existed = projects.has(id)
+    const project: Project = { id, name: input.name, description: input.description ?? '' }
+    projects.set(id, project)
+    store.revision++
+    return await reply.code(existed ? 200 : 201).send({ project })
   })
 
   // Keystone's role grant: PUT /v3/projects/{p}/users/{u}/roles/{r}. A grant lives and dies with
@@ -155,3 +217,46 @@ export async function buildIdentityApi (options: IdentityApiOptions): Promise<Fa
   })
   return app
 }
+
+/**
+ * GET of a collection in ascending id order. The sorted ids are kept between requests and sorted
+ * again only after a create or delete (an update keeps the ids), so paging through a large
+ * collection does not sort it once per page.
+ */
+function listRoute<T extends { id: string }> (app: FastifyInstance, path: string, field: string, items: Map<string, T>, store: IdentityStore, view: (item: T) => unknown): void {
+  let sorted: string[] = []
+  let sortedRevision = -1
+  app.get<{ Querystring: { limit?: string, marker?: string, offset?: string } }>(path, async (request, reply) => {
+    const limit = request.query.limit === undefined ? MAX_LIST_LIMIT : Number(request.query.limit)
+    const offset = request.query.offset === undefined ? 0 : Number(request.query.offset)
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIST_LIMIT) return await reply.code(400).send({ error: `limit must be 1-${MAX_LIST_LIMIT}` })
+    if (!Number.isInteger(offset) || offset < 0) return await reply.code(400).send({ error: 'offset must be a whole number' })
+    if (sortedRevision !== store.revision) {
+      sorted = [...items.keys()].sort((a, b) => a < b ? -1 : a > b ? 1 : 0)
+      sortedRevision = store.revision
+    }
+    let start = offset
+    const marker = request.query.marker
+    if (marker !== undefined) {
+      let lo = 0
+      let hi = sorted.length
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1
+        if ((sorted[mid] as string) <= marker) lo = mid + 1
+        else hi = mid
+      }
+      start = lo
+    }
+    const page: unknown[] = []
+    let i = start
+    for (; i < sorted.length && page.length < limit; i++) {
+      const item = items.get(sorted[i] as string)
+      if (item !== undefined) page.push(view(item))
+    }
+    const last = page.length === 0 ? undefined : (page[page.length - 1] as { id: string }).id
+    const next = i < sorted.length && last !== undefined ? `${path}?limit=${limit}&marker=${encodeURIComponent(last)}` : null
+    return { [field]: page, links: { self: request.url, next, previous: null } }
+  })
+}
+
+export { identityVerifyConfig } from './verify-config.js'

@@ -11,7 +11,8 @@ export const ErrorCode = {
   UnsupportedServer: 'REGIONSYNC_E_UNSUPPORTED_SERVER',
   Publish: 'REGIONSYNC_E_PUBLISH',
   BodyTooLarge: 'REGIONSYNC_E_BODY_TOO_LARGE',
-  Closed: 'REGIONSYNC_E_CLOSED'
+  Closed: 'REGIONSYNC_E_CLOSED',
+  VerifyRead: 'REGIONSYNC_E_VERIFY_READ'
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -54,6 +55,19 @@ export class BadPathError extends RegionsyncError {
   constructor (message: string) {
     super(ErrorCode.BadPath, message)
     this.name = 'BadPathError'
+  }
+}
+
+/**
+ * `regionsync verify` could not read a region: a read endpoint failed, answered something that is
+ * not a page of resources, or broke the order the comparison depends on.
+ */
+export class VerifyReadError extends RegionsyncError {
+  readonly region: string
+  constructor (region: string, message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.VerifyRead, `region ${region}: ${message}`, options)
+    this.name = 'VerifyReadError'
+    this.region = region
   }
 }
 

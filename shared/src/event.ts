@@ -57,6 +57,12 @@ export interface RegionsyncEvent {
    */
   idSegments: number[]
   created: CreatedResource | null
+  /**
+   * Present (and true) only on an event `regionsync verify --repair` made: the source's state of a
+   * resource that a region was found to differ on. Absent on every other event, so events written
+   * before repairs existed, and readers built before them, are unaffected.
+   */
+  repair?: true
 }
 
 export type BodyEncoding = 'utf8' | 'base64' | 'sealed'
@@ -81,6 +87,7 @@ export interface NewEventInput {
   id?: string
   /** Encrypt the body with this AES-256-GCM key (bodyEncoding 'sealed'). */
   sealBodyWith?: Buffer
+  repair?: boolean
 }
 
 export function createEvent (input: NewEventInput): RegionsyncEvent {
@@ -96,7 +103,7 @@ export function createEvent (input: NewEventInput): RegionsyncEvent {
 }
 
 function fields (input: NewEventInput, id: string): Omit<RegionsyncEvent, 'body' | 'bodyEncoding'> {
-  return {
+  const event: Omit<RegionsyncEvent, 'body' | 'bodyEncoding'> = {
     v: EVENT_VERSION,
     id,
     origin: input.origin,
@@ -111,6 +118,9 @@ function fields (input: NewEventInput, id: string): Omit<RegionsyncEvent, 'body'
     idSegments: input.idSegments ?? [],
     created: input.created ?? null
   }
+  // Set only when true, so every other event encodes exactly as before.
+  if (input.repair === true) event.repair = true
+  return event
 }
 
 /**
@@ -204,6 +214,7 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
       throw new MalformedEventError('created must be null or { id, field, mode }')
     }
   }
+  if (e.repair !== undefined && e.repair !== true) throw new MalformedEventError('repair must be true when present')
   return e as unknown as RegionsyncEvent
 }
 

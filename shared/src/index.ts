@@ -1,5 +1,5 @@
 export {
-  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, isRegionsyncError
+  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError, isRegionsyncError
 } from './errors.js'
 export {
   DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, MAX_PARTITIONS, names, partitionOf, validateRegion, validateNamespace
@@ -36,3 +36,5 @@ export type { RegionRecordsSettings, RecordEntry } from './region-records.js'
 export { InboxClient } from './inbox-client.js'
 export { WriteCoalescer, coalescerOf } from './write-coalescer.js'
 export type { PubAck } from './inbox-client.js'
+export { verifyBucket, writeVerifySummaries, readVerifySummaries } from './verify-summary.js'
+export type { VerifySummary } from './verify-summary.js'

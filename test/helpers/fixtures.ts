@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
+import { buildIdentityApi, type IdentityState, type IdentityStore } from '@regionsync/examples'
 import { Replicator, type ReplicatorOptions } from '@regionsync/replicator'
 import { connectNats, createLogger, type Logger } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
@@ -27,11 +27,13 @@ export interface RunningApi {
   url: string
 }
 
-export async function startIdentityApi (opts: { region: string, namespace: string, nc?: NatsConnection, token?: string, plugin?: boolean }): Promise<RunningApi> {
+/** `store`: the region's data, to share with a second app (a door behind regionsync's back). */
+export async function startIdentityApi (opts: { region: string, namespace: string, nc?: NatsConnection, token?: string, plugin?: boolean, store?: IdentityStore }): Promise<RunningApi> {
   const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
   const app = await buildIdentityApi({
     region: opts.region,
     ...(opts.token !== undefined ? { token: opts.token } : {}),
+    ...(opts.store !== undefined ? { store: opts.store } : {}),
     regionsync: opts.plugin === false || opts.nc === undefined
       ? false
       : { region: opts.region, connection: opts.nc, signingKey: SIGNING_KEY, namespace: opts.namespace, spool: { dir: spoolDir } }

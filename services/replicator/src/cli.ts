@@ -10,6 +10,7 @@ import { listDeadLetters, type StoredDeadLetter } from './dead-letter.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
 import { DEFAULT_REQUEST_TIMEOUT_MS, parseTargetUrl } from './options.js'
 import { Replicator, type DlqReplayResult } from './replicator.js'
+import { VERIFY_OPTIONS, verifyCommand } from './verify/command.js'
 
 /* The command's own human output goes to stdout/stderr directly; everything else logs through pino. */
 
@@ -20,6 +21,7 @@ commands:
   status      every region: live instances, pending, lag, applied/s, dead letters, breaker
   dlq list    dead letters of one region (--region)
   dlq replay  send a region's dead letters back to it (--region [--id EVENT_ID])
+  verify      compare every region with the source through the API's reads; --repair through the stream
   demo        a source API, two target regions and their replicators, live
 
 every flag also reads an environment variable; flags win. See README.md.`
@@ -282,6 +284,7 @@ export async function runCli (argv: string[], io: Io = {
       case 'replicate': return await replicate(args, io)
       case 'status': return await status(args, io)
       case 'dlq': return await dlq(args, io)
+      case 'verify': return await verifyCommand(args, { ...io, ...(process.stderr.isTTY ? { progress: (s: string) => process.stderr.write(s) } : {}) }, { parse: (a) => flags(a, VERIFY_OPTIONS, io.env), connect: connectTo })
       case 'demo': return await demo(args, io)
       case undefined: case '-h': case '--help': case 'help':
         io.out(USAGE)

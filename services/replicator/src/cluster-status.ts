@@ -1,6 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { eventStreamPartitions, isNotFound, listRegions, regionLag, type Names } from '@regionsync/shared'
+import { eventStreamPartitions, isNotFound, listRegions, readVerifySummaries, regionLag, type Names, type VerifySummary } from '@regionsync/shared'
 import type { BreakerState } from './circuit-breaker.js'
 import type { ReplicatorStatus } from './replicator.js'
 
@@ -20,6 +20,9 @@ export interface RegionStatus {
   /** The worst breaker state among the instances; null with none. */
   breaker: BreakerState | null
   lastError: { at: string, message: string, instance: string } | null
+  /** Divergent resources at the last `regionsync verify`, and when it finished; null when verify never ran for the region. */
+  divergent: number | null
+  verifiedAt: string | null
 }
 
 const BREAKER_RANK: Record<BreakerState, number> = { closed: 0, 'half-open': 1, open: 2 }
@@ -30,11 +33,13 @@ const BREAKER_RANK: Record<BreakerState, number> = { closed: 0, 'half-open': 1, 
  */
 export async function gatherStatus (nc: NatsConnection, n: Names, waitMs = DEFAULT_STATUS_WAIT_MS): Promise<RegionStatus[]> {
   const jsm = await jetstreamManager(nc)
-  const [answers, regions, partitions, dlq] = await Promise.all([
+  const [answers, regions, partitions, dlq, verified] = await Promise.all([
     collect(nc, n, waitMs),
     listRegions(jsm, n),
     eventStreamPartitions(jsm, n),
-    deadLetterCounts(jsm, n)
+    deadLetterCounts(jsm, n),
+    // The verify column is extra: a status without it beats no status.
+    readVerifySummaries(nc, n).catch(() => new Map<string, VerifySummary>())
   ])
   const all = new Set([...regions, ...answers.map((a) => a.region)])
   return await Promise.all([...all].sort().map(async (region): Promise<RegionStatus> => {
@@ -50,7 +55,9 @@ export async function gatherStatus (nc: NatsConnection, n: Names, waitMs = DEFAU
       appliedPerSecond: instances.reduce((sum, i) => sum + i.appliedPerSecond, 0),
       deadLetters: dlq.get(n.dlqSubject(region)) ?? 0,
       breaker: instances.length === 0 ? null : instances.map((i) => i.breaker).reduce((a, b) => BREAKER_RANK[b] > BREAKER_RANK[a] ? b : a),
-      lastError: errors[0] ?? null
+      lastError: errors[0] ?? null,
+      divergent: verified.get(region)?.divergent ?? null,
+      verifiedAt: verified.get(region)?.checkedAt ?? null
     }
   }))
 }
@@ -82,7 +89,7 @@ async function deadLetterCounts (jsm: Awaited<ReturnType<typeof jetstreamManager
 }
 
 export function formatStatusTable (rows: RegionStatus[]): string[] {
-  const header = ['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'LAST ERROR']
+  const header = ['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'LAST ERROR']
   const lines = rows.map((r) => [
     r.region,
     r.instances.length === 0 ? 'none' : String(r.instances.length),
@@ -91,6 +98,7 @@ export function formatStatusTable (rows: RegionStatus[]): string[] {
     r.instances.length === 0 ? '-' : r.appliedPerSecond.toFixed(1),
     String(r.deadLetters),
     r.breaker ?? '-',
+    r.divergent === null ? '-' : `${r.divergent} (${r.verifiedAt?.slice(0, 16).replace('T', ' ') ?? '?'})`,
     r.lastError === null ? '-' : `${r.lastError.message.slice(0, 60)} (${r.lastError.instance})`
   ])
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)))

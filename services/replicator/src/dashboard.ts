@@ -150,6 +150,7 @@ const SCRIPT = `
     r.applied = cell(tr, 'applied', 'num');
     r.dlq = cell(tr, 'deadLetters', 'num');
     r.breaker = cell(tr, 'breaker');
+    r.divergent = cell(tr, 'divergent', 'num');
     r.error = cell(tr, 'lastError', 'error');
     rows.set(region, r);
     return r;
@@ -248,6 +249,10 @@ const SCRIPT = `
       var b = el('span', 'badge ' + breaker, r.breaker || 'no replicator');
       x.breaker.replaceChildren(b);
       x.breaker.dataset.value = breaker;
+      var divergent = r.divergent === undefined ? null : r.divergent;
+      setNum(x.divergent, divergent === null ? -1 : divergent, divergent === null ? '-' : count(divergent));
+      x.divergent.classList.toggle('bad', divergent !== null && divergent > 0);
+      x.divergent.title = divergent === null ? 'regionsync verify has not run for this region' : 'at the last regionsync verify, ' + r.verifiedAt;
       x.error.classList.toggle('has', r.lastError !== null);
       if (r.lastError === null) {
         x.error.textContent = '-';
@@ -321,7 +326,7 @@ const HTML = `<!doctype html>
 <main>
 <section class="panel scroll">
 <table>
-<thead><tr><th>Region</th><th class="num">Instances</th><th class="num">Pending</th><th class="num">Lag</th><th class="num">Applied/s</th><th class="num">DLQ</th><th>Breaker</th><th>Last error</th></tr></thead>
+<thead><tr><th>Region</th><th class="num">Instances</th><th class="num">Pending</th><th class="num">Lag</th><th class="num">Applied/s</th><th class="num">DLQ</th><th>Breaker</th><th class="num">Divergent</th><th>Last error</th></tr></thead>
 <tbody id="regions"></tbody>
 </table>
 <div id="empty">No regions yet: a region shows once its first replicator has started.</div>
