@@ -160,3 +160,28 @@ describe('IdentityResolver on a real nats-server', () => {
     expect((t as { detail: string }).detail).toContain('no record of its create')
   })
 })
+
+describe('IdentityResolver.onAnswer', () => {
+  const h = useNats()
+  const schedule = { ...DEFAULT_RETRY, dependencyAttempts: 2 }
+
+  it('learns on 2xx, keeps what it learnt through a 409 redelivery, and decides a DELETE 404 by the records', async () => {
+    const nc = await h.connection()
+    const r = await IdentityResolver.open(nc, names(uniqueNamespace()), 'eu', { replicas: 1, logger: silentLogger })
+    h.defer(async () => r.close())
+    const create = ev('POST', '/api/articles/a/comments', '7', 'comment.id')
+    expect(await r.onAnswer(create, 5, create.path, 201, { comment: { id: 1007 } }, 1, schedule))
+      .toEqual({ kind: 'applied', learnt: { type: '/api/articles/a/comments', sourceId: '7', targetId: '1007', remapped: true } })
+    expect(await r.onAnswer(create, 5, create.path, 409, undefined, 2, schedule)).toEqual({ kind: 'classify' })
+    const del = ev('DELETE', '/api/articles/a/comments/7')
+    expect(await r.translate(del)).toEqual({ kind: 'ok', path: '/api/articles/a/comments/1007' })
+    // Sent untranslated (say, by an instance that had not heard of the type yet): never success.
+    expect((await r.onAnswer(del, 6, del.path, 404, undefined, 1, schedule)).kind).toBe('retry')
+    expect(await r.onAnswer(del, 6, del.path, 404, undefined, 2, schedule)).toMatchObject({ kind: 'dead', reason: 'delete-not-found' })
+    expect(await r.onAnswer(del, 6, '/api/articles/a/comments/1007', 204, undefined, 3, schedule)).toEqual({ kind: 'applied', learnt: null })
+    expect(await r.onAnswer(del, 6, '/api/articles/a/comments/1007', 404, undefined, 9, schedule)).toEqual({ kind: 'already-applied', why: 'deleted-here' })
+    const never = ev('DELETE', '/api/articles/b')
+    expect(await r.onAnswer(never, 7, never.path, 404, undefined, 1, schedule)).toEqual({ kind: 'already-applied', why: 'never-seen' })
+    expect(await r.onAnswer(ev('PATCH', '/api/articles/b'), 8, '/api/articles/b', 422, undefined, 1, schedule)).toEqual({ kind: 'classify' })
+  })
+})

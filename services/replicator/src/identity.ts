@@ -1,7 +1,9 @@
 import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { RegionRecords, findCreatedId, type Logger, type Names, type RegionsyncEvent } from '@regionsync/shared'
+import { deleteNotFound, type DeleteNotFoundVerdict } from './delete-not-found.js'
 import { EntityRecords, canonicalPath, canonicalSegment, entityPath, pathKey, type EntityRecord } from './entity-records.js'
+import type { RetrySchedule } from './retry-policy.js'
 
 /**
  * An event's path in the target's terms, or why it cannot be had.
@@ -72,6 +74,15 @@ export function createdType (event: RegionsyncEvent): string {
 export function entityOf (event: RegionsyncEvent): string {
   return canonicalPath(event.path)
 }
+
+/**
+ * What the target's answer to a replay means for identity, or `classify` when it is none of
+ * identity's business (then the retry policy decides). `applied` carries what a create taught.
+ */
+export type AnswerVerdict =
+  | { kind: 'applied', learnt: Learnt | null }
+  | DeleteNotFoundVerdict
+  | { kind: 'classify' }
 
 export interface IdentitySettings {
   replicas: number
@@ -176,6 +187,14 @@ export class IdentityResolver {
     if (created === null) return null
     const type = createdType(event)
     const targetId = created.mode === 'put' ? created.id : findCreatedId(response, created.field, false)?.id ?? null
+    if (targetId === null) {
+      // A 409, or a duplicate answered without a body, for a create learnt on an earlier delivery:
+      // what that delivery learnt stands.
+      const prior = await this.#entities.get(entityPath(type, created.id))
+      if (prior !== null && prior.createdSeq !== null && prior.deletedSeq === null) {
+        return { type, sourceId: created.id, targetId: prior.targetId, remapped: false }
+      }
+    }
     const remapped = targetId !== null && targetId !== created.id
     if (remapped && !this.#translating.has(type)) {
       await this.#types.put(pathKey(type), type)
@@ -205,6 +224,29 @@ export class IdentityResolver {
     else if (event.created !== null) {
       await this.#entities.put({ v: 1, entity: entityPath(createdType(event), event.created.id), targetId: event.created.id, createdSeq: seq, deletedSeq: null })
     }
+  }
+
+  /**
+   * The one call after the target answered a replay (before the retry policy's classify):
+   * - 2xx: learns a create's id (`learn`) or records a DELETE (`recordDeleted`); `applied`.
+   * - DELETE answered 404 or 410: what the region's records say (deleteNotFound); an
+   *   `already-applied` is recorded as the region's delete.
+   * - POST create answered 409 (the entity is there): recorded as created, id unknown; `classify`.
+   * - anything else: `classify`.
+   * `sentPath` is the path that went out (translated), for the dead letter's detail.
+   */
+  async onAnswer (event: RegionsyncEvent, seq: number, sentPath: string, status: number, json: unknown, attempt: number, schedule: RetrySchedule): Promise<AnswerVerdict> {
+    if (status >= 200 && status < 300) {
+      if (event.method === 'DELETE') await this.recordDeleted(event, seq)
+      return { kind: 'applied', learnt: await this.learn(event, seq, json) }
+    }
+    if (event.method === 'DELETE' && (status === 404 || status === 410)) {
+      const verdict = deleteNotFound(await this.recordOf(event), sentPath, attempt, schedule)
+      if (verdict.kind === 'already-applied') await this.recordDeleted(event, seq)
+      return verdict
+    }
+    if (status === 409 && event.created !== null) await this.learn(event, seq, undefined)
+    return { kind: 'classify' }
   }
 
   /** The region's record of the entity `event`'s path names; what deleteNotFound decides on. */

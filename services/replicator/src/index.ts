@@ -17,7 +17,7 @@ export { CircuitBreaker, DEFAULT_BREAKER, isTargetDown } from './circuit-breaker
 export type { BreakerSettings, BreakerState } from './circuit-breaker.js'
 export { TokenBucket, Semaphore } from './rate-limit.js'
 export { IdentityResolver, translatePath, createdType, entityOf } from './identity.js'
-export type { Translation, Learnt, IdentitySettings } from './identity.js'
+export type { Translation, Learnt, IdentitySettings, AnswerVerdict } from './identity.js'
 export { EntityRecords, canonicalPath, entityPath } from './entity-records.js'
 export type { EntityRecord } from './entity-records.js'
 export { deleteNotFound } from './delete-not-found.js'
