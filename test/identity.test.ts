@@ -35,8 +35,11 @@ describe('translatePath', () => {
     const types = new Set(['/api/articles/a/comments'])
     const lookup = lookupOf(created('/api/articles/a/comments/7', '12'))
     expect(await translatePath('/api/articles/a/comments/7', [], types, lookup)).toEqual({ kind: 'ok', path: '/api/articles/a/comments/12' })
-    expect(await translatePath('/api/articles/7', [], types, lookup)).toEqual({ kind: 'ok', path: '/api/articles/7' })
-    expect(await translatePath('/api/tags/7', [], types, lookup)).toEqual({ kind: 'ok', path: '/api/tags/7' })
+    // Paths of other types are not even looked up.
+    const none = async (): Promise<never> => { throw new Error('no look-up expected') }
+    expect(await translatePath('/api/articles/7', [], types, none)).toEqual({ kind: 'ok', path: '/api/articles/7' })
+    expect(await translatePath('/api/tags/7', [], types, none)).toEqual({ kind: 'ok', path: '/api/tags/7' })
+    expect(await translatePath('/api/articles/b/comments/7', [], types, none)).toEqual({ kind: 'ok', path: '/api/articles/b/comments/7' })
   })
 
   it('rewrites a parent and a child, matching the child by the source-form parent path', async () => {

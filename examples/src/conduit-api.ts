@@ -209,6 +209,8 @@ export async function buildConduitApi (options: ConduitApiOptions): Promise<Fast
     author: profileOf(users.get(a.authorId) as User, me)
   })
   const commentOf = (c: Comment, me: User | undefined): Record<string, unknown> => ({ ...c, author: profileOf(users.get(c.authorId) as User, me) })
+  // The whole row goes out, id and password hash included; the response schema strips them, as in
+  // many real apps, so what the client gets is the only place to read a created id from.
   const userOf = (u: User): Record<string, unknown> =>
     ({ ...u, token: signJwt(options.jwtSecret, u.username) })
 
