@@ -56,7 +56,12 @@ export function parseEntityRecord (value: string | null): EntityRecord | null {
   }
 }
 
-/** One region's entity records: keys `<region>.<hash of the entity path>` in the `<ns>_entities` bucket. */
+/**
+ * One region's entity records: keys `<region>.<hash of the entity path>` in the `<ns>_entities`
+ * bucket, one per entity created or deleted, about 200 bytes each, with no TTL: a record must live
+ * as long as its entity may still be named, and a delete's tombstone as long as a redelivery of it
+ * may come (see deleteNotFound).
+ */
 export class EntityRecords {
   readonly #records: RegionRecords
 

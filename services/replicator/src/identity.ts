@@ -103,10 +103,13 @@ export interface IdentitySettings {
  *   records only for those.
  *
  * A type learnt by another instance reaches this one through the watch, a moment after it was
- * written; an event translated in that moment goes out untranslated. On one server that cannot
- * happen to the entity's own later events (the marker is stored before the create is acknowledged,
- * and the server sends the watch update first); across a cluster it can, and the DELETE 404 rule
- * (deleteNotFound) and the dependency retries of other writes re-translate on the next attempt.
+ * written; an event translated in that moment goes out untranslated. The marker is stored before
+ * the create is acknowledged, so the entity's next event, which waits for that ack, mostly finds
+ * the update delivered already; nothing orders the two deliveries, though. The net under it: a
+ * DELETE that misses is retried (deleteNotFound) and other writes answered 404 get the dependency
+ * retries, each attempt translated again. A PUT or PATCH to an integer id that also names another
+ * entity in the target is not caught; a deployment with several instances per region that fears
+ * it can run one instance while a type's first remaps are learnt.
  */
 export class IdentityResolver {
   readonly #entities: EntityRecords
