@@ -184,7 +184,7 @@ describe('divergences show as dead letters with their reason', () => {
     const eu = w.targets[0] as Region
     const { bob, slug, comment } = await seed(w)
     // The mapping write went missing (here: purged) for every entity the region knew.
-    const kv = await new Kvm(await h.connection()).open(`${w.ns}_entities`)
+    const kv = await new Kvm(await h.connection()).open(names(w.ns).entityBucket)
     for await (const key of await kv.keys('eu.>')) await kv.purge(key)
     await ok(w.us.url, 'DELETE', `/api/articles/${slug}/comments/${comment}`, 204, undefined, auth(bob))
     const letters = await waitFor('a dead letter', async () => { const l = await deadLetters(w, eu); return l.length > 0 ? l : undefined })
@@ -201,7 +201,7 @@ describe('divergences show as dead letters with their reason', () => {
     // The region forgets which types it translates (as an instance that has not heard yet would):
     // the DELETE goes out with the source's slug and id, and the target answers 404.
     await (eu.replicator as Replicator).close()
-    const kv = await new Kvm(await h.connection()).open(`${w.ns}_id_types`)
+    const kv = await new Kvm(await h.connection()).open(names(w.ns).idTypesBucket)
     for await (const key of await kv.keys('eu.>')) await kv.purge(key)
     const r = await replicate(eu, w.ns, retry)
     const applied = await metric(r, 'regionsync_events_applied_total', { region: 'eu' })

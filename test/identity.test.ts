@@ -156,7 +156,7 @@ describe('IdentityResolver on a real nats-server', () => {
     const { r, ns } = await open()
     await r.learn(ev('POST', '/api/articles/a/comments', '7', 'comment.id'), 10, { comment: { id: 12 } })
     expect(await r.translate(ev('DELETE', '/api/articles/a/comments/8'))).toMatchObject({ kind: 'unmapped', type: '/api/articles/a/comments', id: '8' })
-    const kv = await new Kvm(nc).open(`${ns}_entities`)
+    const kv = await new Kvm(nc).open(names(ns).entityBucket)
     for await (const key of await kv.keys('eu.>')) await kv.purge(key)
     const t = await r.translate(ev('DELETE', '/api/articles/a/comments/7'))
     expect(t).toMatchObject({ kind: 'unmapped', id: '7' })

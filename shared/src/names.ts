@@ -46,6 +46,10 @@ export interface Names {
   replayBucket: string
   /** KV bucket of source id -> target id per region, for targets that assign their own ids. */
   idBucket: string
+  /** KV bucket of what each region knows of each entity: the target's id, created, deleted (I8, DELETE 404). */
+  entityBucket: string
+  /** KV bucket of the collections whose ids each region's target replaces. */
+  idTypesBucket: string
   /** NATS subject every replicator answers status requests on. */
   statusSubject: string
   /** Subject on which one instance of a region replays a dead letter for `regionsync dlq replay`. */
@@ -68,6 +72,8 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     appliedBucket: `${ns}_applied`,
     replayBucket: `${ns}_replays`,
     idBucket: `${ns}_ids`,
+    entityBucket: `${ns}_entities`,
+    idTypesBucket: `${ns}_id_types`,
     statusSubject: `${ns}.status`,
     dlqReplaySubject: (region) => `${ns}.dlq-replay.${region}`
   }

@@ -58,9 +58,9 @@ export function parseEntityRecord (value: string | null): EntityRecord | null {
 
 /**
  * One region's entity records: keys `<region>.<hash of the entity path>` in the `<ns>_entities`
- * bucket, one per entity created or deleted, about 200 bytes each, with no TTL: a record must live
- * as long as its entity may still be named, and a delete's tombstone as long as a redelivery of it
- * may come (see deleteNotFound).
+ * bucket (`Names.entityBucket`), one per entity created or deleted, about 200 bytes each, with no
+ * TTL: a record must live as long as its entity may still be named, and a delete's tombstone as
+ * long as a redelivery of it may come (see deleteNotFound).
  */
 export class EntityRecords {
   readonly #records: RegionRecords
@@ -69,12 +69,8 @@ export class EntityRecords {
     this.#records = records
   }
 
-  static bucketOf (n: Names): string {
-    return `${n.namespace}_entities`
-  }
-
   static async open (nc: NatsConnection, n: Names, region: string, replicas: number): Promise<EntityRecords> {
-    return new EntityRecords(await RegionRecords.open(nc, EntityRecords.bucketOf(n), region, {
+    return new EntityRecords(await RegionRecords.open(nc, n.entityBucket, region, {
       replicas, description: 'regionsync: per region, what it knows of each resource (target id, created, deleted)'
     }))
   }

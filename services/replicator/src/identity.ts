@@ -126,19 +126,15 @@ export class IdentityResolver {
     this.#log = log
   }
 
-  static typesBucketOf (n: Names): string {
-    return `${n.namespace}_id_types`
-  }
-
   /** Opens (creating if needed) the region's records and loads the types that translate. */
   static async open (nc: NatsConnection, n: Names, region: string, s: IdentitySettings): Promise<IdentityResolver> {
     const entities = await EntityRecords.open(nc, n, region, s.replicas)
-    const types = await RegionRecords.open(nc, IdentityResolver.typesBucketOf(n), region, {
+    const types = await RegionRecords.open(nc, n.idTypesBucket, region, {
       replicas: s.replicas, description: 'regionsync: per region, collections whose ids the target replaces'
     })
     const r = new IdentityResolver(entities, types, region, s.logger)
     try {
-      await r.#follow(await new Kvm(nc).open(IdentityResolver.typesBucketOf(n)))
+      await r.#follow(await new Kvm(nc).open(n.idTypesBucket))
     } catch (err) {
       r.close()
       throw err
