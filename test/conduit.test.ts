@@ -6,7 +6,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
 import { CONDUIT_ROUTE_SETTINGS, buildConduitApi, type ConduitApiOptions, type ConduitState } from '@regionsync/examples/conduit'
 import { listDeadLetters, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
-import { names } from '@regionsync/shared'
+import { names, regionLag } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { metricValue } from './helpers/events.js'
 import { SIGNING_KEY, call, startReplicator, uniqueNamespace, waitFor } from './helpers/fixtures.js'
@@ -85,6 +85,15 @@ async function metric (r: Replicator, name: string, labels: Record<string, strin
 
 async function deadLetters (w: World, region: Region): Promise<StoredDeadLetter[]> {
   return await listDeadLetters(await jetstreamManager(await h.connection()), names(w.ns), region.name)
+}
+
+/** The region's letters once there is one and the region has handled every event, so the list is final. */
+async function settledLetters (w: World, region: Region): Promise<StoredDeadLetter[]> {
+  await waitFor('a dead letter', async () => (await deadLetters(w, region)).length > 0)
+  const jsm = await jetstreamManager(await h.connection())
+  const partitions = (region.replicator as Replicator).partitions
+  await waitFor(`${region.name} to handle every event`, async () => (await regionLag(jsm, names(w.ns), region.name, partitions)).pending === 0)
+  return await deadLetters(w, region)
 }
 
 describe('three regions of the Conduit example', () => {
@@ -187,7 +196,7 @@ describe('divergences show as dead letters with their reason', () => {
     const kv = await new Kvm(await h.connection()).open(names(w.ns).entityBucket)
     for await (const key of await kv.keys('eu.>')) await kv.purge(key)
     await ok(w.us.url, 'DELETE', `/api/articles/${slug}/comments/${comment}`, 204, undefined, auth(bob))
-    const letters = await waitFor('a dead letter', async () => { const l = await deadLetters(w, eu); return l.length > 0 ? l : undefined })
+    const letters = await settledLetters(w, eu)
     expect(letters.map((l) => [l.reason, l.method, l.path])).toEqual([['unmapped-id', 'DELETE', `/api/articles/${slug}/comments/${comment}`]])
     expect(letters[0]?.detail).toContain(slug)
     expect((await stateOf(eu.url)).comments).toHaveLength(1)
@@ -206,7 +215,7 @@ describe('divergences show as dead letters with their reason', () => {
     const r = await replicate(eu, w.ns, retry)
     const applied = await metric(r, 'regionsync_events_applied_total', { region: 'eu' })
     await ok(w.us.url, 'DELETE', `/api/articles/${slug}/comments/${comment}`, 204, undefined, auth(bob))
-    const letters = await waitFor('a dead letter', async () => { const l = await deadLetters(w, eu); return l.length > 0 ? l : undefined })
+    const letters = await settledLetters(w, eu)
     expect(letters.map((l) => [l.reason, l.method])).toEqual([['delete-not-found', 'DELETE']])
     expect(letters[0]?.detail).toContain('never deleted it')
     expect((await stateOf(eu.url)).comments).toHaveLength(1)
