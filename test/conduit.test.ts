@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
 import { CONDUIT_ROUTE_SETTINGS, buildConduitApi, type ConduitApiOptions, type ConduitState } from '@regionsync/examples/conduit'
-import { listDeadLetters, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
+import { listDeadLetters, runCli, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { names, regionLag } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { metricValue } from './helpers/events.js'
@@ -199,8 +199,19 @@ describe('divergences show as dead letters with their reason', () => {
     const letters = await settledLetters(w, eu)
     expect(letters.map((l) => [l.reason, l.method, l.path])).toEqual([['unmapped-id', 'DELETE', `/api/articles/${slug}/comments/${comment}`]])
     expect(letters[0]?.detail).toContain(slug)
-    expect((await stateOf(eu.url)).comments).toHaveLength(1)
+    const before = await stateOf(eu.url)
+    expect(before.comments).toHaveLength(1)
     expect(await metric(eu.replicator as Replicator, 'regionsync_dead_letters_total', { region: 'eu', reason: 'unmapped-id' })).toBe(1)
+
+    // The operator tells the region what its API calls them, and replays the letter.
+    const out: string[] = []
+    const io = { out: (l: string) => out.push(l), err: (l: string) => out.push(l), env: {} }
+    const cli = async (...args: string[]): Promise<number> => await runCli([...args, '--nats', h.nats.url, '--namespace', w.ns, '--region', 'eu'], io)
+    expect(await cli('ids', 'map', '--type', '/api/articles', '--source', slug, '--target', before.articles[0]?.slug as string)).toBe(0)
+    expect(await cli('ids', 'map', '--type', `/api/articles/${slug}/comments`, '--source', String(comment), '--target', String(before.comments[0]?.id))).toBe(0)
+    expect(await cli('dlq', 'replay')).toBe(0)
+    expect((await stateOf(eu.url)).comments).toEqual([])
+    expect(await deadLetters(w, eu)).toEqual([])
   })
 
   it('a DELETE that went out with an untranslated id is dead-lettered delete-not-found, not counted applied', async () => {

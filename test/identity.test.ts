@@ -1,5 +1,5 @@
 import { Kvm } from '@nats-io/kv'
-import { DEFAULT_RETRY, IdentityResolver, canonicalPath, deleteNotFound, entityPath, translatePath, type EntityRecord } from '@regionsync/replicator'
+import { DEFAULT_RETRY, IdentityResolver, canonicalPath, deleteNotFound, entityPath, runCli, translatePath, type EntityRecord } from '@regionsync/replicator'
 import { createEvent, names, type RegionsyncEvent } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
 import { silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
@@ -186,5 +186,27 @@ describe('IdentityResolver.onAnswer', () => {
     const never = ev('DELETE', '/api/articles/b')
     expect(await r.onAnswer(never, 7, never.path, 404, undefined, 1, schedule)).toEqual({ kind: 'already-applied', why: 'never-seen' })
     expect(await r.onAnswer(ev('PATCH', '/api/articles/b'), 8, '/api/articles/b', 422, undefined, 1, schedule)).toEqual({ kind: 'classify' })
+  })
+})
+
+describe('regionsync ids map', () => {
+  const h = useNats()
+
+  it('gives a region the id an unmapped-id letter lacked, for every instance, and the letter names the command', async () => {
+    const ns = uniqueNamespace()
+    const r = await IdentityResolver.open(await h.connection(), names(ns), 'eu', { replicas: 1, logger: silentLogger })
+    h.defer(async () => r.close())
+    await r.learn(ev('POST', '/api/articles', 'a', 'article.slug'), 1, { article: { slug: 'a-x' } })
+    const unmapped = await r.translate(ev('PUT', '/api/articles/old'))
+    expect(unmapped).toMatchObject({ kind: 'unmapped' })
+    expect((unmapped as { detail: string }).detail).toContain('regionsync ids map --type /api/articles --source old --target <id>')
+
+    const out: string[] = []
+    const io = { out: (l: string) => out.push(l), err: (l: string) => out.push(l), env: {} }
+    expect(await runCli(['ids', 'map', '--nats', h.nats.url, '--namespace', ns, '--region', 'eu', '--type', '/api/articles', '--source', 'old', '--target', 'old-7'], io)).toBe(0)
+    expect(out).toEqual(['eu: /api/articles/old is /api/articles/old-7 there'])
+    expect(await r.translate(ev('PUT', '/api/articles/old'))).toEqual({ kind: 'ok', path: '/api/articles/old-7' })
+    expect(await runCli(['ids', 'map', '--nats', h.nats.url, '--region', 'eu', '--type', 'articles', '--source', 'a', '--target', 'b'], io)).toBe(2)
+    expect(out.at(-1)).toBe('regionsync: --type: expects a path starting with "/", e.g. /api/articles')
   })
 })

@@ -53,7 +53,13 @@ export async function translatePath (
         const why = record === null || record.createdSeq === null
           ? 'this region has no record of its create'
           : 'its create was applied here but the target\'s answer named no id'
-        return { kind: 'unmapped', type: prefix, id, detail: `${path} names ${JSON.stringify(id)} of ${prefix}, whose ids this region's target replaces, and ${why}` }
+        return {
+          kind: 'unmapped',
+          type: prefix,
+          id,
+          detail: `${path} names ${JSON.stringify(id)} of ${prefix}, whose ids this region's target replaces, and ${why}; ` +
+            `once its id there is known: regionsync ids map --type ${prefix} --source ${segment} --target <id>, then regionsync dlq replay`
+        }
       }
       if (record.targetId !== id) {
         parts[i] = encodeURIComponent(record.targetId)
@@ -246,6 +252,21 @@ export class IdentityResolver {
     }
     if (status === 409 && event.created !== null) await this.learn(event, seq, undefined)
     return { kind: 'classify' }
+  }
+
+  /**
+   * Records by hand the id the target knows an entity by: an operator answering an `unmapped-id`
+   * letter (then `regionsync dlq replay`), or a backfill of entities created before the region
+   * was replicated. `type` is the collection's path in the source's terms, as the letter names it.
+   */
+  async map (type: string, sourceId: string, targetId: string): Promise<void> {
+    const t = canonicalPath(type)
+    if (targetId !== sourceId && !this.#translating.has(t)) {
+      await this.#types.put(pathKey(t), t)
+      this.#translating.add(t)
+    }
+    // Sequence 0: no event created it here; a create replayed later overwrites this record.
+    await this.#entities.put({ v: 1, entity: entityPath(t, sourceId), targetId, createdSeq: 0, deletedSeq: null })
   }
 
   /** The region's record of the entity `event`'s path names; what deleteNotFound decides on. */
