@@ -67,6 +67,10 @@ describe('translatePath', () => {
     }
   })
 
+  it('takes a segment that is not valid percent-encoding as its own id, without throwing', async () => {
+    expect(await translatePath('/things/%E0%A4%A', [], new Set(['/things']), lookupOf())).toMatchObject({ kind: 'unmapped', id: '%E0%A4%A' })
+  })
+
   it('takes only the route parameter positions as ids when the event lists them', async () => {
     const types = new Set(['/api/articles'])
     expect(await translatePath('/api/articles/feed', [], types, lookupOf())).toMatchObject({ kind: 'unmapped' })

@@ -47,7 +47,7 @@ export async function translatePath (
     const segment = canonicalSegment(parts[i] as string)
     if (segment !== '' && translating.has(prefix) && (idSegments.length === 0 || idSegments.includes(i))) {
       const entity = `${prefix}/${segment}`
-      const id = decodeURIComponent(segment)
+      const id = decodedSegment(segment)
       const record = await lookup(entity)
       if (record === null || record.createdSeq === null || record.targetId === null) {
         const why = record === null || record.createdSeq === null
@@ -69,6 +69,15 @@ export async function translatePath (
     prefix = `${prefix}/${segment}`
   }
   return { kind: 'ok', path: changed ? parts.join('/') : path }
+}
+
+/** A segment as an id; one that is not valid percent-encoding (canonicalSegment kept it as is) is its own id. */
+function decodedSegment (segment: string): string {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    return segment
+  }
 }
 
 /** The collection a create's entity lives in: its POST path, in the source's terms. */
