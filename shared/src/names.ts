@@ -44,10 +44,12 @@ export interface Names {
   appliedBucket: string
   /** KV bucket of the target's plugin: replays claimed and answered (to answer a duplicate the same way), and per resource the highest sequence applied. */
   replayBucket: string
-  /** KV bucket of source id -> target id per region, for targets that assign their own ids. */
-  idBucket: string
   /** KV bucket of partition leases and live instances per region (who applies which partition). */
   ownersBucket: string
+  /** KV bucket of what each region knows of each entity: the target's id, created, deleted (I8, DELETE 404). */
+  entityBucket: string
+  /** KV bucket of the collections whose ids each region's target replaces. */
+  idTypesBucket: string
   /** NATS subject every replicator answers status requests on. */
   statusSubject: string
   /** Subject on which one instance of a region replays a dead letter for `regionsync dlq replay`. */
@@ -69,8 +71,9 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     consumer: (region, partition) => `${ns}_${region}_p${partition}`,
     appliedBucket: `${ns}_applied`,
     replayBucket: `${ns}_replays`,
-    idBucket: `${ns}_ids`,
     ownersBucket: `${ns}_owners`,
+    entityBucket: `${ns}_entities`,
+    idTypesBucket: `${ns}_id_types`,
     statusSubject: `${ns}.status`,
     dlqReplaySubject: (region) => `${ns}.dlq-replay.${region}`
   }

@@ -14,9 +14,9 @@ export interface ScanResult {
   found: string[]
 }
 
-/** The namespace's streams: events, dead letters and the KV buckets (applied ids, replay answers, id map). */
+/** The namespace's streams: events, dead letters and the KV buckets (applied ids, replay answers, id map, entity records, translating types). */
 export function streamsOf (n: Names): string[] {
-  return [n.eventStream, n.dlqStream, `KV_${n.appliedBucket}`, `KV_${n.replayBucket}`, `KV_${n.idBucket}`]
+  return [n.eventStream, n.dlqStream, `KV_${n.appliedBucket}`, `KV_${n.replayBucket}`, `KV_${n.entityBucket}`, `KV_${n.idTypesBucket}`]
 }
 
 /**

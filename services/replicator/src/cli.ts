@@ -2,11 +2,12 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, isRegionsyncError,
+  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, isNotFound, isRegionsyncError,
   names, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion, type Names
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
 import { listDeadLetters, type StoredDeadLetter } from './dead-letter.js'
+import { IdentityResolver } from './identity.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
 import { DEFAULT_REQUEST_TIMEOUT_MS, parseTargetUrl } from './options.js'
 import { Replicator, type DlqReplayResult } from './replicator.js'
@@ -22,6 +23,8 @@ commands:
   dlq list    dead letters of one region (--region)
   dlq replay  send a region's dead letters back to it (--region [--id EVENT_ID])
   verify      compare every region with the source through the API's reads; --repair through the stream
+  ids map     tell a region the id its target knows an entity by (--region --type --source --target),
+              for an unmapped-id dead letter; then dlq replay it
   demo        a source API, two target regions and their replicators, live
 
 every flag also reads an environment variable; flags win. See README.md.`
@@ -259,6 +262,44 @@ async function replayLetters (nc: NatsConnection, n: Names, region: string, lett
   return failed === 0 ? 0 : 1
 }
 
+async function ids (args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args
+  if (sub !== 'map') throw new InvalidOptionError('ids', 'expects a subcommand: map')
+  const f = flags(rest, {
+    ...COMMON,
+    region: { type: 'string', env: 'REGIONSYNC_REGION' },
+    type: { type: 'string' },
+    source: { type: 'string' },
+    target: { type: 'string' }
+  }, io.env)
+  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name'), '--region')
+  const type = required(f.type, '--type', 'no variable', 'the collection path the dead letter names, e.g. /api/articles')
+  if (!type.startsWith('/')) throw new InvalidOptionError('--type', 'expects a path starting with "/", e.g. /api/articles')
+  const source = decodeURIComponent(required(f.source, '--source', 'no variable', "the source's id"))
+  const target = required(f.target, '--target', 'no variable', 'the id the target region knows the entity by')
+  const n = names(validateNamespace(f.namespace, '--namespace'))
+  const nc = await connectTo(f.nats as string)
+  try {
+    // The buckets take the event stream's replicas, as the replicator creates them.
+    let replicas = 1
+    try {
+      replicas = (await (await jetstreamManager(nc)).streams.info(n.eventStream)).config.num_replicas
+    } catch (err) {
+      if (!isNotFound(err)) throw err
+    }
+    const resolver = await IdentityResolver.open(nc, n, region, { replicas, logger: createLogger({ level: 'warn' }) })
+    try {
+      await resolver.map(type, source, target)
+    } finally {
+      resolver.close()
+    }
+    io.out(`${region}: ${type}/${encodeURIComponent(source)} is ${type}/${encodeURIComponent(target)} there`)
+    return 0
+  } finally {
+    await nc.close()
+  }
+}
+
 async function demo (args: string[], io: Io): Promise<number> {
   // The demo's API lives in the examples workspace; it is not part of the published command.
   const spec = '@regionsync/examples/demo'
@@ -285,6 +326,7 @@ export async function runCli (argv: string[], io: Io = {
       case 'status': return await status(args, io)
       case 'dlq': return await dlq(args, io)
       case 'verify': return await verifyCommand(args, { ...io, ...(process.stderr.isTTY ? { progress: (s: string) => process.stderr.write(s) } : {}) }, { parse: (a) => flags(a, VERIFY_OPTIONS, io.env), connect: connectTo })
+      case 'ids': return await ids(args, io)
       case 'demo': return await demo(args, io)
       case undefined: case '-h': case '--help': case 'help':
         io.out(USAGE)

@@ -1,7 +1,12 @@
 import type { JetStreamClient, JetStreamManager, MsgRequest } from '@nats-io/jetstream'
 import { isNotFound, type Names } from '@regionsync/shared'
 
-export const DEAD_LETTER_REASONS = ['malformed', 'bad-signature', 'bad-path', 'undecryptable', 'rejected', 'too-many-attempts'] as const
+/**
+ * `unmapped-id`: the path names an entity whose id the target replaced, and the region has no record
+ * of the target's id for it (never sent). `delete-not-found`: a DELETE answered 404 for an entity
+ * the region created and never deleted (the DELETE missed it; it survives in the region).
+ */
+export const DEAD_LETTER_REASONS = ['malformed', 'bad-signature', 'bad-path', 'undecryptable', 'rejected', 'too-many-attempts', 'unmapped-id', 'delete-not-found'] as const
 export type DeadLetterReason = (typeof DEAD_LETTER_REASONS)[number]
 
 /** One event a region could not apply, with what an operator needs to act on it. */

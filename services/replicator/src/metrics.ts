@@ -13,6 +13,8 @@ export interface ReplicatorMetrics {
   applySeconds: Histogram<'region'>
   endToEndSeconds: Histogram<'region'>
   breakerOpen: Gauge<'region'>
+  /** Replayed creates whose target answered another id than the source's (learnt, then translated). */
+  idsRemapped: Counter<'region'>
 }
 
 /**
@@ -43,11 +45,13 @@ export function createReplicatorMetrics (region: string, lag: () => Promise<Regi
     deadLetters: new Counter({ name: 'regionsync_dead_letters_total', help: 'Events dead-lettered, by reason', labelNames: ['region', 'reason'], registers }),
     applySeconds: new Histogram({ name: 'regionsync_apply_duration_seconds', help: 'Duration of one replay request to the target', labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
     endToEndSeconds: new Histogram({ name: 'regionsync_end_to_end_seconds', help: "From the source's commit to the target's 2xx", labelNames: ['region'], buckets: SECONDS_BUCKETS, registers }),
-    breakerOpen: new Gauge({ name: 'regionsync_breaker_open', help: '1 while replays to the target are stopped because it is down (open or probing), else 0', labelNames: ['region'], registers })
+    breakerOpen: new Gauge({ name: 'regionsync_breaker_open', help: '1 while replays to the target are stopped because it is down (open or probing), else 0', labelNames: ['region'], registers }),
+    idsRemapped: new Counter({ name: 'regionsync_ids_remapped_total', help: "Replayed creates the target gave another id than the source's; later paths naming them are rewritten", labelNames: ['region'], registers })
   }
   // Every series exists from the start at 0, so rate() and increase() see the first event too.
   m.applied.inc({ region }, 0)
   m.retries.inc({ region }, 0)
+  m.idsRemapped.inc({ region }, 0)
   for (const reason of DEAD_LETTER_REASONS) m.deadLetters.inc({ region, reason }, 0)
   for (const reason of ['own-origin', 'already-applied', 'superseded']) m.skipped.inc({ region, reason }, 0)
   return m

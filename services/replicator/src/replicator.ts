@@ -3,16 +3,16 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  findCreatedId, isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
 import { gatherStatus, type RegionStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
-import { admit, dead, judge, type DeadVerdict, type Sent, type Verdict } from './event-verdict.js'
+import { REPLAY_OUTCOME_HEADER, admit, dead, judge, type DeadVerdict, type Sent, type Verdict } from './event-verdict.js'
 import { AppliedLog } from './idempotency.js'
-import { IdMap } from './id-map.js'
+import { IdentityResolver } from './identity.js'
 import { createReplicatorMetrics, type ReplicatorMetrics } from './metrics.js'
 import { DEFAULT_LAG_CACHE_MS, parseReplicatorOptions, type ParsedReplicatorOptions, type ReplicatorOptions } from './options.js'
 import { PartitionOwnership } from './ownership.js'
@@ -83,7 +83,7 @@ export class Replicator {
   readonly #writes: WriteCoalescer
   #jsm!: JetStreamManager
   #applied: AppliedLog | undefined
-  #ids: IdMap | undefined
+  #ids: IdentityResolver | undefined
   #ownership: PartitionOwnership | undefined
   readonly #workers = new Map<number, PartitionWorker>()
   /** An event's final verdict, from its last attempt to its settlement. */
@@ -153,7 +153,7 @@ export class Replicator {
     // (the command has none) must not put its records on a single server of an R3 deployment.
     await ensureDlqStream(this.#jsm, this.#n, stream.replicas)
     this.#applied = await AppliedLog.open(nc, this.#n, this.region, settings.maxAgeMs, stream.replicas)
-    this.#ids = await IdMap.open(nc, this.#n, this.region, stream.replicas)
+    this.#ids = await IdentityResolver.open(nc, this.#n, this.region, { replicas: stream.replicas, logger: this.#log })
     const consumers = await Promise.all(Array.from({ length: this.#partitions }, async (_, partition) =>
       await ensurePartitionConsumer(this.#jsm, this.#n, { region: this.region, partition, from: this.#o.from, ackWaitMs: this.#o.ackWaitMs, window: this.#o.window })))
     // The consumers' own ack wait (another instance may have made them with another): held events
@@ -285,7 +285,7 @@ export class Replicator {
 
   /** One attempt at an event of an owned partition: the verdict, carried out as far as the ack. */
   async #attempt (e: Entry, owns: () => boolean): Promise<Step> {
-    const v = await this.#evaluate(e.data, e.signature, e.seq, e.attempt, owns, eventOf(e))
+    const v = await this.#evaluate(e.data, e.signature, { seq: e.seq, fence: true }, e.attempt, owns, eventOf(e))
     if (v === null) return { kind: 'fenced' }
     switch (v.kind) {
       case 'retry':
@@ -366,11 +366,17 @@ export class Replicator {
    * replay it (only while `owns()` holds, checked right before the request goes out), and judge
    * the answer. Null when ownership ended before the replay went out.
    */
-  async #evaluate (data: Uint8Array, signature: string | undefined, seq: number | null, attempt: number, owns: () => boolean, decoded?: RegionsyncEvent | null): Promise<Verdict | null> {
+  async #evaluate (
+    data: Uint8Array, signature: string | undefined, at: { seq: number, fence: boolean }, attempt: number, owns: () => boolean, decoded?: RegionsyncEvent | null
+  ): Promise<Verdict | null> {
+    const ids = this.#ids as IdentityResolver
     const a = admit(data, signature, this.region, this.#signer, decoded)
     if (a.kind !== 'replay') {
-      if (a.kind === 'done') this.metrics.skipped.inc({ region: this.region, reason: a.outcome })
-      else if (a.kind === 'dead') this.#noteError(new Error(`${a.reason}: ${a.detail}`))
+      if (a.kind === 'done') {
+        // What this region created itself, its later events from elsewhere name by the same id.
+        if (a.outcome === 'own-origin' && decoded != null) await ids.recordOwn(decoded, at.seq)
+        this.metrics.skipped.inc({ region: this.region, reason: a.outcome })
+      } else if (a.kind === 'dead') this.#noteError(new Error(`${a.reason}: ${a.detail}`))
       return a
     }
     const event = a.event
@@ -380,17 +386,33 @@ export class Replicator {
     }
     let replay: Replay
     try {
-      const path = await (this.#ids as IdMap).translatePath(event.path, event.idSegments)
-      replay = buildReplay(path === event.path ? event : { ...event, path }, this.#target, this.#signer, seq)
+      const t = await ids.translate(event)
+      if (t.kind === 'unmapped') return this.#dead(dead('unmapped-id', t.detail))
+      replay = buildReplay(t.path === event.path ? event : { ...event, path: t.path }, this.#target, this.#signer, at.fence ? at.seq : null)
     } catch (err) {
       if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead(dead('bad-path', err.message))
       if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', (err as Error).message))
       throw err
     }
-    const learnId = event.created?.mode === 'translate'
-    const sent = await this.#send(replay, attempt, learnId, owns)
+    // Every create's answer is read: the target may have given the resource another id (I8).
+    const sent = await this.#send(replay, attempt, event.created !== null, owns)
     if (sent === null) return null
-    const v = judge(replay.method, sent, attempt, { retry: this.#o.retry, alreadyApplied: this.#o.alreadyApplied })
+    let v = judge(replay.method, sent, attempt, { retry: this.#o.retry, alreadyApplied: this.#o.alreadyApplied })
+    // The target's guard answering for a replay it has seen (superseded, or an earlier delivery
+    // still running) says nothing of the resource itself.
+    const guardAnswer = sent.headers[REPLAY_OUTCOME_HEADER] === 'superseded' || sent.headers[REPLAY_OUTCOME_HEADER] === 'in-progress'
+    if (sent.status !== null && !guardAnswer) {
+      // What the region's own records say of the answer: ids learnt, and whether a DELETE
+      // answered 404 really finds the resource gone (else it is retried, then dead-lettered).
+      const identity = await ids.onAnswer(event, at.seq, replay.path, sent.status, sent.json, attempt, this.#o.retry)
+      if (identity.kind === 'applied' && identity.learnt?.remapped === true) {
+        this.metrics.idsRemapped.inc({ region: this.region })
+        this.#log.warn({ eventId: event.id, type: identity.learnt.type, sourceId: identity.learnt.sourceId, targetId: identity.learnt.targetId }, 'target gave a created resource another id; later paths naming it are rewritten')
+      }
+      if (identity.kind === 'already-applied') v = { kind: 'done', outcome: 'already-applied' }
+      else if (identity.kind === 'retry') v = { kind: 'retry', delayMs: identity.delayMs, reason: identity.reason }
+      else if (identity.kind === 'dead') v = dead(identity.reason, identity.detail, sent.status, sent.excerpt)
+    }
     if (v.kind === 'retry' && isTargetDown(sent.status)) this.#breaker.failure()
     else if (v.kind === 'done') this.#breaker.success()
     else this.#breaker.neutral()
@@ -399,10 +421,6 @@ export class Replicator {
     if (v.outcome === 'superseded') {
       this.metrics.skipped.inc({ region: this.region, reason: 'superseded' })
       return v
-    }
-    if (learnId && v.outcome === 'applied' && event.created !== null) {
-      const assigned = findCreatedId(sent.json, event.created.field, false)
-      if (assigned !== null && assigned.id !== event.created.id) await (this.#ids as IdMap).put(event.created.id, assigned.id)
     }
     this.#counts.applied++
     this.metrics.applied.inc({ region: this.region })
@@ -459,7 +477,7 @@ export class Replicator {
     if (event === null) return { ...base, outcome: 'failed', detail: `event ${letter.streamSeq} is no longer in the event stream` }
     // No sequence: the target's fence has moved on past it if anything newer was applied, and the
     // superseded check above already refused that case.
-    const verdict = await this.#evaluate(event.data, event.signature, null, 1, () => true)
+    const verdict = await this.#evaluate(event.data, event.signature, { seq: letter.streamSeq, fence: false }, 1, () => true)
     if (verdict?.kind === 'done') {
       const id = eventIdOf(event.data)
       if (id !== null && verdict.outcome !== 'own-origin') await this.#record(id, verdict.outcome)
