@@ -23,7 +23,7 @@ export {
   DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
   ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound, CONSUMER_NAME_RE
 } from './stream-setup.js'
-export { readSubjectRange, type StoredMessage } from './stream-read.js'
+export { parseAckSubject, readSubjectRange, type StoredMessage } from './stream-read.js'
 export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings, PartitionConsumer } from './stream-setup.js'
 export { regionLag, listRegions } from './lag.js'
 export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.js'

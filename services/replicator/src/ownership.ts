@@ -8,15 +8,17 @@ import { retryTimeouts, type Logger, type Names } from '@regionsync/shared'
  * is the server's clock, never a comparison of two machines' clocks). It bounds how long a dead
  * instance's partitions wait for a new owner.
  */
-export const LEASE_TTL_MS = 3000
+export const LEASE_TTL_MS = 5000
 /** How often an owner renews its leases and every instance announces itself. */
-export const RENEW_INTERVAL_MS = 750
+export const RENEW_INTERVAL_MS = 1000
 /**
  * An owner takes itself for the owner only until this long before the lease could expire on the
  * server, measured from when it sent the renewal: a renewal that is slow to land, or a process
- * that was paused and has not noticed yet, stops acting before anyone else can take over.
+ * that was paused and has not noticed yet, stops acting before anyone else can take over. What is
+ * left (4 s from a renewal's sending, renewed every second) rides out a busy event loop: at 80 ms
+ * from NATS, a replicator taking on a backlog of thousands saw a renewal take 1.7 s.
  */
-export const LEASE_SAFETY_MS = 750
+export const LEASE_SAFETY_MS = 1000
 
 export interface LeaseInfo {
   partition: number
@@ -175,10 +177,8 @@ export class PartitionOwnership {
   }
 
   async #tick (): Promise<void> {
-    await this.#kv.put(`${this.#region}.m.${this.#instance}`, JSON.stringify({ at: new Date().toISOString() }))
-    this.#members.set(this.#instance, performance.now())
+    const work: Array<Promise<void>> = [this.#announce()]
     const assigned = this.#assigned()
-    const work: Array<Promise<void>> = []
     for (const [p, h] of this.#held) {
       if (h.releasing) continue
       if (assigned.has(p)) {
@@ -193,6 +193,11 @@ export class PartitionOwnership {
     }
     for (const p of assigned) if (!this.#held.has(p)) work.push(this.#acquire(p))
     await Promise.all(work)
+  }
+
+  async #announce (): Promise<void> {
+    await this.#kv.put(`${this.#region}.m.${this.#instance}`, JSON.stringify({ at: new Date().toISOString() }))
+    this.#members.set(this.#instance, performance.now())
   }
 
   #value (): string {

@@ -238,7 +238,7 @@ export class Replicator {
     if (info.num_ack_pending === 0) return []
     const from = info.ack_floor.stream_seq + 1
     const to = info.delivered.stream_seq
-    const msgs = await readSubjectRange(this.#js, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
+    const msgs = await readSubjectRange(this.#o.connection, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
     return msgs.map((m) => ({ seq: m.seq, subject: m.subject, data: m.data, signature: m.headers?.get(EVENT_SIGNATURE_HEADER) || undefined }))
   }
 
