@@ -1,11 +1,13 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { trace } from '@opentelemetry/api'
+import { createServer } from 'node:http'
+import { context, trace } from '@opentelemetry/api'
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { regionsync } from '@regionsync/publisher'
 import { formatTraceparent, parseTraceparent } from '@regionsync/shared'
-import Fastify from 'fastify'
+import Fastify, { type FastifyServerFactory } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, startReplicator, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
@@ -16,14 +18,29 @@ const h = useNats()
 // The application registers an OpenTelemetry SDK; regionsync finds it through @opentelemetry/api.
 const exporter = new InMemorySpanExporter()
 const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] })
-beforeAll(() => { trace.setGlobalTracerProvider(provider) })
+beforeAll(() => {
+  trace.setGlobalTracerProvider(provider)
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable())
+})
 afterAll(async () => {
   await provider.shutdown()
   trace.disable()
+  context.disable()
 })
 
-async function source (ns: string): Promise<string> {
-  const app = Fastify({ logger: false })
+/** Runs each request inside a server span, as OpenTelemetry's HTTP instrumentation does. */
+const withServerSpans: FastifyServerFactory = (handler) => createServer((req, res) => {
+  const span = trace.getTracer('test-http').startSpan('server request')
+  res.on('finish', () => { span.end() })
+  context.with(trace.setSpan(context.active(), span), () => { handler(req, res) })
+})
+
+/**
+ * The source API; `instrumented`: its server runs each request inside a server span, as
+ * OpenTelemetry's HTTP instrumentation does, so that span is the active one in the plugin.
+ */
+async function source (ns: string, instrumented = false): Promise<string> {
+  const app = Fastify(instrumented ? { logger: false, serverFactory: withServerSpans } : { logger: false })
   const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
   h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
   h.defer(async () => await app.close())
@@ -42,8 +59,10 @@ async function region (name: string, ns: string): Promise<TestTarget> {
 
 const parentOf = (span: ReadableSpan): string | undefined => span.parentSpanContext?.spanId
 
+
 describe('trace context', () => {
   it('one trace: source request -> publish -> replay in eu and in ap, and each target sees its replay as parent', async () => {
+    exporter.reset()
     const ns = uniqueNamespace()
     const api = await source(ns)
     const eu = await region('eu', ns)
@@ -73,5 +92,23 @@ describe('trace context', () => {
       expect(sent).toEqual({ traceId: sc.traceId, spanId: replay.spanContext().spanId, flags: 1 })
       expect(target.requests[0]?.headers.tracestate).toBe('vendor=abc')
     }
+  })
+
+  it('under an instrumented server, the publish is a child of the active server span', async () => {
+    exporter.reset()
+    const ns = uniqueNamespace()
+    const api = await source(ns, true)
+    const eu = await region('eu', ns)
+    expect((await call(api, 'PUT', '/notes/b', { text: 'traced' })).status).toBe(200)
+    await waitFor('the replay span', () => exporter.getFinishedSpans().some((s) => s.name === 'regionsync replay'))
+    const spans = exporter.getFinishedSpans()
+    const server = spans.find((s) => s.name === 'server request') as ReadableSpan
+    const publish = spans.find((s) => s.name === 'regionsync publish') as ReadableSpan
+    const replay = spans.find((s) => s.name === 'regionsync replay') as ReadableSpan
+    expect(parentOf(server)).toBeUndefined()
+    expect(parentOf(publish)).toBe(server.spanContext().spanId)
+    expect(parentOf(replay)).toBe(publish.spanContext().spanId)
+    expect(new Set([server, publish, replay].map((s) => s.spanContext().traceId)).size).toBe(1)
+    expect(parseTraceparent(eu.requests[0]?.headers.traceparent)?.spanId).toBe(replay.spanContext().spanId)
   })
 })
