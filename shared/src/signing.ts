@@ -83,6 +83,8 @@ export function parseSigningKeys (keys: unknown, option = 'signingKey'): string[
  * `printf %s regionsync-standard-webhooks-v1 | openssl dgst -sha256 -hmac "$KEY" -binary | base64`.
  */
 export function webhookSecret (signingKey: string): string {
+  // Keys never hold a comma (a comma separates keys): a list here is a mistake, not a key.
+  if (typeof signingKey === 'string' && signingKey.includes(',')) throw new InvalidOptionError('signingKey', 'expects one key; derive one secret per key of a list')
   return 'whsec_' + webhookKey(parseSigningKey(signingKey)).toString('base64')
 }
 
@@ -97,8 +99,9 @@ export function createSigner (keys: string | readonly string[], replayToleranceM
   // Key objects are imported once, not on every signature; and each MAC is fed in as few pieces
   // as its input allows (the bytes, and so the signatures, are what they always were: the label,
   // then each part after a newline). Both are on the plugin's and the replicator's per-event path.
-  const secrets = parseSigningKeys(keys).map((k) => createSecretKey(Buffer.from(k)))
-  const webhookSecrets = parseSigningKeys(keys).map((k) => createSecretKey(webhookKey(k)))
+  const parsed = parseSigningKeys(keys)
+  const secrets = parsed.map((k) => createSecretKey(Buffer.from(k)))
+  const webhookSecrets = parsed.map((k) => createSecretKey(webhookKey(k)))
   const first = secrets[0] as KeyObject
   const eventMac = (secret: KeyObject, payload: Uint8Array): string =>
     createHmac('sha256', secret).update(EVENT_MAC_PREFIX).update(payload).digest('base64url')

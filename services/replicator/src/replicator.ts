@@ -2,12 +2,11 @@ import { setMaxListeners } from 'node:events'
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
-  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, loadOtel, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
+  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
-import { ReplayTracing } from './replay-tracing.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
 import { gatherStatus, type RegionStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
@@ -20,6 +19,7 @@ import { PartitionOwnership } from './ownership.js'
 import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
 import { PullStream } from './pull-stream.js'
 import { Semaphore, TokenBucket } from './rate-limit.js'
+import { ReplayTracing } from './replay-tracing.js'
 
 export interface ReplicatorStatus {
   region: string
