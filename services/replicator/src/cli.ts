@@ -3,7 +3,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
   DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, isNotFound, isRegionsyncError,
-  names, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion, type Names
+  names, parseEncryptionKey, parseSigningKeys, parseStartFrom, validateNamespace, validateRegion, type Names
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
 import { listDeadLetters, type StoredDeadLetter } from './dead-letter.js'
@@ -112,7 +112,7 @@ async function replicate (args: string[], io: Io): Promise<number> {
     signingKey = DEV_SIGNING_KEY
   }
   // Checked before connecting, so a bad value is reported by its flag whether or not NATS is up.
-  parseSigningKey(signingKey, '--signing-key')
+  parseSigningKeys(signingKey, '--signing-key')
   const encryptionKey = f['encryption-key'] as string | undefined
   if (encryptionKey !== undefined) parseEncryptionKey(encryptionKey, '--encryption-key')
   const from = parseStartFrom(f.from as string, '--from')

@@ -1,6 +1,6 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion,
+  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseEncryptionKey, parseSigningKeys, parseStartFrom, validateNamespace, validateRegion,
   type Logger, type StartFrom, type StreamSettings
 } from '@regionsync/shared'
 import type { Registry } from 'prom-client'
@@ -27,8 +27,12 @@ export interface ReplicatorOptions {
   target: string | URL
   /** The region's own credential, sent as `Authorization: Bearer`. */
   targetToken?: string
-  /** Secret that verifies events (and signs replays). */
-  signingKey: string
+  /**
+   * Secret that verifies events and signs replays; a list (or comma-separated string) while keys
+   * rotate: replays are signed with the first (their `webhook-signature` with each), events verify
+   * with any.
+   */
+  signingKey: string | string[]
   /** Key that opens forwarded headers (the publishers' `encryptionKey`). */
   encryptionKey?: string
   /** The NATS connection; the replicator drains it on close only when `ownsConnection`. */
@@ -68,7 +72,7 @@ export interface ParsedReplicatorOptions {
   region: string
   target: URL
   targetToken: string | undefined
-  signingKey: string
+  signingKey: string[]
   encryptionKey: Buffer | undefined
   connection: NatsConnection
   ownsConnection: boolean
@@ -119,7 +123,7 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
     region: validateRegion(o.region),
     target: parseTargetUrl(o.target),
     targetToken: o.targetToken === '' ? undefined : o.targetToken,
-    signingKey: parseSigningKey(o.signingKey),
+    signingKey: parseSigningKeys(o.signingKey),
     encryptionKey: o.encryptionKey === undefined || o.encryptionKey === '' ? undefined : parseEncryptionKey(o.encryptionKey),
     connection: o.connection,
     ownsConnection: o.ownsConnection ?? false,

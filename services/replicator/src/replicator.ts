@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
@@ -19,6 +19,7 @@ import { PartitionOwnership } from './ownership.js'
 import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
 import { PullStream } from './pull-stream.js'
 import { Semaphore, TokenBucket } from './rate-limit.js'
+import { ReplayTracing } from './replay-tracing.js'
 
 export interface ReplicatorStatus {
   region: string
@@ -73,6 +74,7 @@ export class Replicator {
   readonly #log: Logger
   readonly #n: Names
   readonly #signer: Signer
+  #tracing = new ReplayTracing(null, '')
   readonly #client: TargetClient
   readonly #target: TargetSettings
   readonly #breaker: CircuitBreaker
@@ -143,6 +145,7 @@ export class Replicator {
 
   async #setup (): Promise<void> {
     const nc = this.#o.connection
+    this.#tracing = new ReplayTracing(await loadOtel(), this.region)
     this.#watchConnection().catch((err) => this.#log.warn({ err }, 'NATS status watch ended'))
     this.#jsm = await jetstreamManager(nc)
     this.#js = jetstream(nc)
@@ -443,9 +446,14 @@ export class Replicator {
       // Last check before the request leaves: a stale owner (paused past its lease) sends nothing.
       if (!owns()) return null
       const timer = this.metrics.applySeconds.startTimer({ region: this.region })
+      const endSpan = this.#tracing.start(replay)
       try {
         const res = await this.#client.send(replay, abort, readJson)
+        endSpan(res.status)
         return { ...res, failure: null, aborted: false }
+      } catch (err) {
+        endSpan(null, err)
+        throw err
       } finally {
         timer()
       }

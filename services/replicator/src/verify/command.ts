@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
   DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, createLogger, createSigner, eventStreamPartitions,
-  isRegionsyncError, names, parseSigningKey, validateNamespace, writeVerifySummaries, type Logger
+  isRegionsyncError, names, parseSigningKeys, validateNamespace, writeVerifySummaries, type Logger
 } from '@regionsync/shared'
 import { parseVerifyConfig, type VerifyConfig } from './config.js'
 import { DEFAULT_VERIFY_METRICS_PORT, createVerifyMetrics, startVerifyMetricsServer, summariesOf } from './metrics.js'
@@ -86,7 +86,7 @@ export async function verifyCommand (args: string[], io: VerifyIo, tools: Verify
       if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required with --repair (or REGIONSYNC_SIGNING_KEY): repairs are events, signed like the publishers\' (--dev allows the insecure dev key)')
       signingKey = DEV_SIGNING_KEY
     }
-    parseSigningKey(signingKey, '--signing-key')
+    parseSigningKeys(signingKey, '--signing-key')
   }
   const everyMs = f.every === undefined ? null : duration(f.every as string, '--every')
   const metricsPort = whole(f['metrics-port'], '--metrics-port', 0, 65535)
