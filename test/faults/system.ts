@@ -281,6 +281,13 @@ export class FaultSystem {
       }
       await sleep(250)
     }
+    // What the replicators said last, for whoever reads the failure: their warnings and errors.
+    for (const r of this.regions) {
+      for (const p of r.replicators) {
+        const said = p.tail(60_000).split('\n').filter((l) => /"level":(30|40|50|60)/.test(l)).slice(-40)
+        if (said.length > 0) console.error(`${p.label} last warnings:\n${said.map((l) => l.slice(0, 400)).join('\n')}`)
+      }
+    }
     throw new Error(`regions did not converge within ${timeoutMs} ms: ${last}`)
   }
 
