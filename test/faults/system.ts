@@ -285,6 +285,7 @@ export class FaultSystem {
     for (const r of this.regions) {
       for (const p of r.replicators) {
         const said = p.tail(60_000).split('\n').filter((l) => /"level":(30|40|50|60)/.test(l)).slice(-40)
+        if (process.env.FAULT_DUMP_DIR !== undefined) (await import('node:fs')).writeFileSync(`${process.env.FAULT_DUMP_DIR}/${p.label.replace(/[^\w]/g, '_')}.log`, p.output)
         if (said.length > 0) console.error(`${p.label} last warnings:\n${said.map((l) => l.slice(0, 400)).join('\n')}`)
       }
     }

@@ -444,7 +444,11 @@ export class Replicator {
       await this.#breaker.acquire(abort)
       if (this.#bucket !== null) await this.#bucket.take()
       // Last check before the request leaves: a stale owner (paused past its lease) sends nothing.
-      if (!owns()) return null
+      // It may hold the breaker's one probe: give that back, or the breaker waits on it for ever.
+      if (!owns()) {
+        this.#breaker.neutral()
+        return null
+      }
       const timer = this.metrics.applySeconds.startTimer({ region: this.region })
       const endSpan = this.#tracing.start(replay)
       try {
