@@ -1,5 +1,6 @@
 export {
-  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError, isRegionsyncError
+  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError,
+  UndecryptableError, TargetUnreachableError, isRegionsyncError, errorCodeOf
 } from './errors.js'
 export {
   DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, MAX_PARTITIONS, names, partitionOf, validateRegion, validateNamespace

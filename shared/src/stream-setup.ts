@@ -221,9 +221,10 @@ async function ensurePartitionConsumerOnce (jsm: JetStreamManager, n: Names, s: 
     try {
       info = await jsm.consumers.add(n.eventStream, config)
     } catch (err) {
-      // Another instance of the region created it first, possibly with another start point: theirs wins.
+      // Another instance of the region created it first, possibly with another start point: theirs
+      // wins. Any other refusal leaves no consumer behind, and is the error to report.
       if (!(err instanceof JetStreamApiError)) throw err
-      info = await jsm.consumers.info(n.eventStream, name)
+      info = await jsm.consumers.info(n.eventStream, name).catch((infoErr: unknown) => { throw isNotFound(infoErr) ? err : infoErr })
     }
   }
   if (info.config.filter_subject !== filter || info.config.ack_policy !== AckPolicy.Explicit) {

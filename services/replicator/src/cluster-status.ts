@@ -1,5 +1,5 @@
 import { jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { NoRespondersError, RequestError, type NatsConnection } from '@nats-io/transport-node'
 import { eventStreamPartitions, isNotFound, listRegions, readVerifySummaries, regionLag, type Names, type VerifySummary } from '@regionsync/shared'
 import type { BreakerState } from './circuit-breaker.js'
 import type { ReplicatorStatus } from './replicator.js'
@@ -72,10 +72,16 @@ async function collect (nc: NatsConnection, n: Names, waitMs: number): Promise<R
         // Not a status answer; ignore it.
       }
     }
-  } catch {
-    // No responders: no live replicator anywhere.
+  } catch (err) {
+    // No responders: no live replicator anywhere, which the table shows. Anything else (a closed
+    // connection, a permission refused) is an answer status cannot give.
+    if (!isNoResponders(err)) throw err
   }
   return out
+}
+
+function isNoResponders (err: unknown): boolean {
+  return err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders())
 }
 
 async function deadLetterCounts (jsm: Awaited<ReturnType<typeof jetstreamManager>>, n: Names): Promise<Map<string, number>> {

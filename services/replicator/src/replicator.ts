@@ -2,11 +2,11 @@ import { setMaxListeners } from 'node:events'
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
-  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
+  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, errorCodeOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
   isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
-import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
+import { buildReplay, TargetClient, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
 import { gatherStatus, type RegionStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
@@ -165,7 +165,10 @@ export class Replicator {
     this.#subscriptions.push(
       nc.subscribe(this.#n.statusSubject, {
         callback: (err, msg) => {
-          if (err !== null) return
+          if (err !== null) {
+            this.#log.warn({ err }, 'status subscription failed')
+            return
+          }
           this.status().then((s) => msg.respond(JSON.stringify(s)), (e: unknown) => this.#log.warn({ err: e }, 'could not answer a status request'))
         }
       }),
@@ -394,7 +397,7 @@ export class Replicator {
       replay = buildReplay(t.path === event.path ? event : { ...event, path: t.path }, this.#target, this.#signer, at.fence ? at.seq : null)
     } catch (err) {
       if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead(dead('bad-path', err.message))
-      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', (err as Error).message))
+      if (isRegionsyncError(err, ErrorCode.Undecryptable) || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', err.message))
       throw err
     }
     // Every create's answer is read: the target may have given the resource another id (I8).
@@ -458,8 +461,9 @@ export class Replicator {
         timer()
       }
     } catch (err) {
-      const code = (err as { code?: string }).code
-      return { status: null, headers: {}, excerpt: '', failure: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.aborted }
+      // The transport's own code (ECONNREFUSED, UND_ERR_HEADERS_TIMEOUT) says more than its message.
+      const detail = isRegionsyncError(err, ErrorCode.TargetUnreachable) ? err.message : errorCodeOf(err) ?? String(err instanceof Error ? err.message : err)
+      return { status: null, headers: {}, excerpt: '', failure: `request failed (attempt ${attempt}): ${detail}`, aborted: abort.aborted }
     } finally {
       release()
     }
