@@ -11,4 +11,4 @@ export { CLAIM_ABANDONED_MS, MAX_RECORDED_BODY_BYTES } from './replay-guard.js'
 export {
   CREDENTIAL_HEADERS, DEFAULT_CREATED_ID, DEFAULT_IDENTITY, DEFAULT_PUBLISH_TIMEOUT_MS, EVENT_ENVELOPE_RESERVE_BYTES
 } from './options.js'
-export { BodyTooLargeError, PublishError } from './errors.js'
+export { BodyTooLargeError, NotQueuedError, PublishError, ReplayBodyMismatchError, ReplayInProgressError, UnavailableError } from './errors.js'
