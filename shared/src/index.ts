@@ -3,8 +3,11 @@ export {
   UndecryptableError, TargetUnreachableError, isRegionsyncError, errorCodeOf
 } from './errors.js'
 export {
-  DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, MAX_PARTITIONS, names, partitionOf, validateRegion, validateNamespace
+  DEFAULT_NAMESPACE, names, validateRegion, validateNamespace
 } from './names.js'
+export {
+  DEFAULT_PARTITIONS, MAX_PARTITIONS, partitionOf, eventSubject, partitionFilter, consumerName, partitionOfSubject, parseConsumerName
+} from './partitioning.js'
 export type { Names } from './names.js'
 export {
   EVENT_VERSION, MUTATION_METHODS, IDENTITY_MODES, createEvent, encodeEvent, decodeEvent, eventBody
@@ -29,9 +32,9 @@ export {
 export type { NatsConnectOptions, ServerFeature } from './nats.js'
 export {
   DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
-  ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound, CONSUMER_NAME_RE
+  ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound
 } from './stream-setup.js'
-export { parseAckSubject, readSubjectRange, type StoredMessage } from './stream-read.js'
+export { nextBySubject, parseAckSubject, readSubjectRange, walkSubject, type StoredMessage } from './stream-read.js'
 export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings, PartitionConsumer } from './stream-setup.js'
 export { regionLag, listRegions } from './lag.js'
 export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.js'

@@ -4,7 +4,8 @@ import {
 } from '@nats-io/jetstream'
 import { TimeoutError, type NatsConnection } from '@nats-io/transport-node'
 import { ErrorCode, InvalidOptionError, RegionsyncError } from './errors.js'
-import { DEFAULT_PARTITIONS, MAX_PARTITIONS, type Names } from './names.js'
+import type { Names } from './names.js'
+import { DEFAULT_PARTITIONS, MAX_PARTITIONS } from './partitioning.js'
 import { requireServerFeature } from './nats.js'
 
 const DAY_MS = 86_400_000
@@ -251,4 +252,3 @@ function deliverPolicy (from: StartFrom): Partial<ConsumerConfig> {
   }
 }
 
-export const CONSUMER_NAME_RE = (ns: string): RegExp => new RegExp(`^${ns}_([a-z0-9][a-z0-9_-]{0,31})_p(\\d+)$`)
