@@ -31,7 +31,7 @@ export {
 } from './nats.js'
 export type { NatsConnectOptions, ServerFeature } from './nats.js'
 export {
-  DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
+  DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, RECORD_TTL_MARGIN_MS, recordTtlMs, defaultStreamSettings, parseStreamSettings,
   ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound
 } from './stream-setup.js'
 export { nextBySubject, parseAckSubject, readSubjectRange, walkSubject, type StoredMessage } from './stream-read.js'
@@ -49,3 +49,4 @@ export { WriteCoalescer, coalescerOf } from './write-coalescer.js'
 export type { PubAck } from './inbox-client.js'
 export { verifyBucket, writeVerifySummaries, readVerifySummaries } from './verify-summary.js'
 export type { VerifySummary } from './verify-summary.js'
+export { retryUntil, type RetryUntilOptions } from './retry.js'

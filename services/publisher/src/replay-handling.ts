@@ -1,6 +1,5 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, retryUntil, type Signer
 } from '@regionsync/shared'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { ReplayBodyMismatchError, ReplayInProgressError, UnavailableError } from './errors.js'
@@ -135,18 +134,14 @@ export class ReplayHandling {
     // The write is committed: until the record holds, a redelivery would run it again. When
     // JetStream is unreachable the replicator cannot record it either, and cannot redeliver
     // before JetStream is back, so the answer waits for JetStream rather than going out unrecorded.
-    for (;;) {
-      try {
-        await guard.finish(claim, answer)
-        return
-      } catch (err) {
-        if (this.#closing()) {
-          this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay')
-          return
-        }
-        this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay yet; retrying')
-        await sleep(RECORD_RETRY_MS)
-      }
+    try {
+      await retryUntil(async () => { await guard.finish(claim, answer) }, {
+        retryable: () => !this.#closing(),
+        delayMs: () => RECORD_RETRY_MS,
+        onRetry: (err) => { this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay yet; retrying') }
+      })
+    } catch (err) {
+      this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay')
     }
   }
 

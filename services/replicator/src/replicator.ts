@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, errorCodeOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, retryUntil, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, type Replay, type TargetSettings } from './applier.js'
@@ -18,7 +18,8 @@ import { DEFAULT_LAG_CACHE_MS, parseReplicatorOptions, type ParsedReplicatorOpti
 import { PartitionOwnership } from './ownership.js'
 import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
 import { PullStream } from './pull-stream.js'
-import { Semaphore, TokenBucket } from './rate-limit.js'
+import { Semaphore } from './semaphore.js'
+import { TokenBucket } from './token-bucket.js'
 import { ReplayTracing } from './replay-tracing.js'
 
 export interface ReplicatorStatus {
@@ -355,16 +356,11 @@ export class Replicator {
    * let the redelivery be deduplicated.
    */
   async #record (eventId: string, outcome: string): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await (this.#applied as AppliedLog).record(eventId, outcome)
-        return
-      } catch (err) {
-        if (this.#closing !== null) throw err
-        if (attempt === 1) this.#log.warn({ err, eventId }, 'could not record an applied event yet; retrying')
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * attempt)))
-      }
-    }
+    await retryUntil(async () => { await (this.#applied as AppliedLog).record(eventId, outcome) }, {
+      retryable: () => this.#closing === null,
+      delayMs: (attempt) => Math.min(5000, 250 * attempt),
+      onRetry: (err, attempt) => { if (attempt === 1) this.#log.warn({ err, eventId }, 'could not record an applied event yet; retrying') }
+    })
   }
 
   /**

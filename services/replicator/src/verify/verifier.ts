@@ -1,6 +1,6 @@
 import type { JetStreamManager } from '@nats-io/jetstream'
 import { partitionOf, walkSubject, type Logger, type Names } from '@regionsync/shared'
-import { Semaphore } from '../rate-limit.js'
+import { Semaphore } from '../semaphore.js'
 import { fillTemplate, type TypeConfig, type VerifyConfig } from './config.js'
 import { mergeSorted } from './merge.js'
 import { canonicalJson, firstDifference, hashOf, omit } from './normalise.js'
