@@ -28,9 +28,7 @@ async function setup (routes: (app: FastifyInstance) => void, options: { maxBody
   h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
   const app = Fastify({ logger: false })
   h.defer(async () => await app.close())
-  // In this monorepo the plugin's declarations see the root's Fastify 5; an installed app's see its
-  // own Fastify (a peer dependency). What runs here is the plugin on Fastify 4.
-  await app.register(regionsync as never, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
+  await app.register(regionsync, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
   routes(app)
   await app.ready()
   const published = async (): Promise<Published[]> => {

@@ -288,4 +288,11 @@ function toArray<T> (v: T | T[] | undefined): T[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v]
 }
 
-export const regionsync = fp(regionsyncPublisher, { fastify: FASTIFY_RANGE, name: '@regionsync/publisher' })
+/**
+ * The plugin's public type takes any Fastify instance: typed with this package's own Fastify (5 in
+ * the monorepo), a Fastify 4 app's `register` would refuse it without a cast, though it runs on
+ * both (test/fastify4/register-types.ts checks that it registers on 4 as it is).
+ */
+export type RegionsyncPlugin = (instance: unknown, options: RegionsyncPluginOptions) => Promise<void>
+
+export const regionsync = fp(regionsyncPublisher, { fastify: FASTIFY_RANGE, name: '@regionsync/publisher' }) as unknown as RegionsyncPlugin
