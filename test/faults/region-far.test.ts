@@ -1,24 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 /** Round trip between region ap (its API and its replicators) and NATS: another continent. */
 const AP_RTT_MS = 80
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe(`fault: region ap ${AP_RTT_MS} ms from NATS (a delay proxy), one of its instances killed -9 and restarted mid-load`, () => {
   it('every region ends equal to the source: nothing lost, nothing applied twice, every resource in order', async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url], natsRttMs: { ap: AP_RTT_MS } })
+    const system = await faults.start({ natsRttMs: { ap: AP_RTT_MS } })
     await system.seedProjects()
     const ap = system.region('ap')
     const victim = ap.replicators[1]!
