@@ -16,7 +16,7 @@ import {
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { metricValue } from './helpers/events.js'
+import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, silentLogger, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
@@ -142,7 +142,7 @@ async function streamCount (nc: NatsConnection, ns: string): Promise<number> {
 }
 
 async function metric (app: FastifyInstance, name: string, labels: Record<string, string>): Promise<number> {
-  return metricValue(await app.regionsync.registry.metrics(), name, labels)
+  return await registryValue(app.regionsync.registry, name, labels)
 }
 
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))

@@ -8,7 +8,7 @@ import { DEFAULT_PARTITIONS, names, partitionOf, regionLag, type RegionsyncEvent
 import { DEFAULT_SHUTDOWN_GRACE_MS, Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
+import { EventPublisher, metricValue, newEvent, registryValue } from './helpers/events.js'
 import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { NatsServer } from './helpers/nats-server.js'
 import { TestTarget, type ReceivedRequest, type Script } from './helpers/target.js'
@@ -575,7 +575,7 @@ describe('poison event', () => {
     expect(lines).toHaveLength(1)
     for (const part of ['rejected 422', poison.id, `PATCH ${poisonKey}`, 'user.email is not an email address']) expect(lines[0]).toContain(part)
     expect((await r.status()).deadLetters).toBe(1)
-    expect(metricValue(await r.metrics.registry.metrics(), 'regionsync_dead_letters_total', { region: 'eu', reason: 'rejected' })).toBe(1)
+    expect(await registryValue(r.metrics.registry, 'regionsync_dead_letters_total', { region: 'eu', reason: 'rejected' })).toBe(1)
 
     fixed = true
     const replay = await dlq(ns, 'replay')
