@@ -21,6 +21,7 @@ import { SIGNING_KEY, silentLogger, state, uniqueNamespace, waitFor } from './he
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 /*
  * Issue 3: no write the client saw succeed is ever lost. Each proof drives real processes (the
@@ -126,15 +127,8 @@ async function send (url: string, method: string, path: string, body?: unknown, 
 
 /** Every event on the namespace's stream, in stream order, with its raw bytes. */
 async function streamEvents (nc: NatsConnection, ns: string): Promise<Array<{ event: RegionsyncEvent, data: Uint8Array }>> {
-  const jsm = await jetstreamManager(nc)
-  const stream = names(ns).eventStream
-  const last = (await jsm.streams.info(stream)).state.last_seq
-  const out: Array<{ event: RegionsyncEvent, data: Uint8Array }> = []
-  for (let seq = 1; seq <= last; seq++) {
-    const m = await jsm.streams.getMessage(stream, { seq })
-    if (m !== null) out.push({ event: decodeEvent(m.data), data: m.data })
-  }
-  return out
+  const messages = await streamMessages(await jetstreamManager(nc), names(ns).eventStream)
+  return messages.map((m) => ({ event: decodeEvent(m.data), data: m.data }))
 }
 
 async function streamCount (nc: NatsConnection, ns: string): Promise<number> {

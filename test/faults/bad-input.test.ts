@@ -14,6 +14,7 @@ import { useFaultSystem } from './fixture.js'
 import type { FaultSystem } from './system.js'
 import { verifyRun } from './verify.js'
 import { write } from './workload.js'
+import { streamMessages } from '../helpers/stream.js'
 
 const faults = useFaultSystem()
 
@@ -295,10 +296,7 @@ function findKey (partition: number, partitions: number): string {
 
 /** The event of the client's write `wid`, as stored on the stream, with its signature. */
 async function findEvent (s: FaultSystem, wid: string): Promise<{ event: RegionsyncEvent, data: Uint8Array, signature: string }> {
-  const last = (await s.jsm.streams.info(s.n.eventStream)).state.last_seq
-  for (let seq = 1; seq <= last; seq++) {
-    const m = await s.jsm.streams.getMessage(s.n.eventStream, { seq })
-    if (m === null) continue
+  for (const m of await streamMessages(s.jsm, s.n.eventStream)) {
     let event: RegionsyncEvent
     try {
       event = decodeEvent(m.data)
