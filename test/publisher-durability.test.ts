@@ -8,7 +8,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
 import regionsync, { type RegionsyncPluginOptions } from '@regionsync/publisher'
-import { Replicator, listDeadLetters, type ReplicatorOptions } from '@regionsync/replicator'
+import { listDeadLetters, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import {
   IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, createSigner, decodeEvent, eventBody, names,
   type RegionsyncEvent
@@ -17,7 +17,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { registryValue } from './helpers/events.js'
-import { SIGNING_KEY, silentLogger, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
@@ -43,12 +43,18 @@ async function tempDir (prefix: string): Promise<string> {
 }
 
 async function replicator (region: string, target: string, namespace: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
-  const r = await Replicator.start({
-    region, target, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
-    retry: { baseDelayMs: 50, maxDelayMs: 500 }, ...extra
-  })
+  const r = await startReplicator(await connection(), { region, target, namespace, ...extra })
   h.defer(async () => await r.close())
   return r
+}
+
+/** The region's dead letters once there is exactly one. */
+async function oneDeadLetter (nc: NatsConnection, ns: string, region: string): Promise<StoredDeadLetter[]> {
+  const jsm = await jetstreamManager(nc)
+  return await waitFor(`the dead letter in ${region}`, async () => {
+    const l = await listDeadLetters(jsm, names(ns), region)
+    return l.length === 1 ? l : undefined
+  })
 }
 
 /** One replay as a region's API answered it. */
@@ -671,11 +677,7 @@ describe('I5: forwarded headers', () => {
 
     await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
     expect(eu.requests[0]?.headers.authorization).toBe(`Bearer ${secret}`)
-    const jsm = await jetstreamManager(nc)
-    const letters = await waitFor('the dead letter in ap', async () => {
-      const l = await listDeadLetters(jsm, names(ns), 'ap')
-      return l.length === 1 ? l : undefined
-    })
+    const letters = await oneDeadLetter(nc, ns, 'ap')
     expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
     expect(ap.requests).toHaveLength(0)
     expect(JSON.stringify(letters)).not.toContain(secret)
@@ -713,11 +715,7 @@ describe('I5: sealed bodies', () => {
     await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
     // The create's id injected as usual, the rest of the body as the client sent it.
     expect(JSON.parse(eu.requests[0]!.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
-    const jsm = await jetstreamManager(nc)
-    const letters = await waitFor('the dead letter in ap', async () => {
-      const l = await listDeadLetters(jsm, names(ns), 'ap')
-      return l.length === 1 ? l : undefined
-    })
+    const letters = await oneDeadLetter(nc, ns, 'ap')
     expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
     expect(ap.requests).toHaveLength(0)
     expect(JSON.stringify(letters)).not.toContain(password)

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
 import { useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
-import { prng } from './workload.js'
+import { prng } from '../helpers/fixtures.js'
 
 const faults = useFaultSystem()
 
