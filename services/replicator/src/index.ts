@@ -1,5 +1,6 @@
 export { Replicator } from './replicator.js'
-export type { ReplicatorStatus, DlqReplayResult } from './replicator.js'
+export type { DlqReplayResult } from './replicator.js'
+export type { ReplicatorStatus } from './cluster-status.js'
 export type { ReplicatorOptions } from './options.js'
 export { DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS, parseTargetUrl } from './options.js'
 export { startMetricsServer, DEFAULT_METRICS_PORT, DEFAULT_METRICS_HOST } from './http-server.js'

@@ -8,7 +8,7 @@ import {
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
-import { gatherStatus, type RegionStatus } from './cluster-status.js'
+import { gatherStatus, type RegionStatus, type ReplicatorStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
 import { REPLAY_OUTCOME_HEADER, admit, dead, judge, type DeadVerdict, type Sent, type Verdict } from './event-verdict.js'
 import { AppliedLog } from './idempotency.js'
@@ -21,35 +21,6 @@ import { PullStream } from './pull-stream.js'
 import { Semaphore } from './semaphore.js'
 import { TokenBucket } from './token-bucket.js'
 import { ReplayTracing } from './replay-tracing.js'
-
-export interface ReplicatorStatus {
-  region: string
-  instance: string
-  /** The target's origin; never its credential. */
-  target: string
-  connected: boolean
-  ready: boolean
-  partitions: number
-  /** Partitions this instance owns now. */
-  owned: number[]
-  /** Live instances of the region, as this one sees them (itself included). */
-  instances: number
-  /** Events in flight per owned partition (1: one at a time). */
-  window: number
-  /** How ownership is decided and enforced on this server. */
-  ownership: string
-  pending: number
-  lagSeconds: number
-  oldestPendingAt: string | null
-  applied: number
-  /** Events applied per second over the last 10 seconds. */
-  appliedPerSecond: number
-  retries: number
-  deadLetters: number
-  breaker: BreakerState
-  lastError: { at: string, message: string } | null
-  startedAt: string
-}
 
 export interface DlqReplayResult {
   dlqSeq: number
