@@ -1,7 +1,9 @@
 import { afterAll, beforeAll } from 'vitest'
 import { NatsCluster } from '../helpers/nats-cluster.js'
 import { NatsServer } from '../helpers/nats-server.js'
+import type { Checker } from './checker.js'
 import { FaultSystem, type SystemOptions } from './system.js'
+import { sleep } from './verify.js'
 
 /** What a fault file gets: its NATS, and the system under test started on it. */
 export interface FaultFixture<N> {
@@ -40,4 +42,19 @@ export function useFaultSystem (): FaultFixture<NatsServer> {
 /** The same on a cluster of `size` nats-servers. */
 export function useFaultSystemOnCluster (size: number): FaultFixture<NatsCluster> {
   return fixture(async () => await NatsCluster.start(size), (c) => c.servers)
+}
+
+/**
+ * One fault window, marked in the checker from before `start` to after `end`: the fault starts,
+ * holds `forMs`, and ends, also when the wait is cut short.
+ */
+export async function injectFault (checker: Checker, label: string, forMs: number, fault: { start: () => unknown, end: () => unknown }): Promise<void> {
+  const window = checker.fault(label)
+  await fault.start()
+  try {
+    await sleep(forMs)
+  } finally {
+    await fault.end()
+  }
+  window.end()
 }

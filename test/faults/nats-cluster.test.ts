@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest'
 import { waitFor } from '../helpers/fixtures.js'
 import { ms } from './durations.js'
 import { streamsOf } from './scan.js'
-import { useFaultSystemOnCluster } from './fixture.js'
+import { injectFault, useFaultSystemOnCluster } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 const faults = useFaultSystemOnCluster(3)
@@ -48,15 +48,11 @@ describe('fault: a three-server NATS cluster (R3), one server killed -9 during w
       const leader = (await system.jsm.streams.info(system.n.eventStream)).cluster?.leader
       const node = faults.nats.nodes.find((x) => x.name === leader) ?? faults.nats.nodes[round]!
       victims.push(node.name)
-      const fault = system.checker.fault(`kill -9 nats-server ${node.name}`)
-      await faults.nats.kill(node)
-      const killedAt = Date.now()
-      try {
-        await sleep(DOWN_MS)
-      } finally {
-        await faults.nats.restart(node)
-      }
-      fault.end()
+      let killedAt = 0
+      await injectFault(system.checker, `kill -9 nats-server ${node.name}`, DOWN_MS, {
+        start: async () => { await faults.nats.kill(node); killedAt = Date.now() },
+        end: async () => await faults.nats.restart(node)
+      })
       // Each region went on applying while the server was gone (after the election settled).
       progress.push(Object.fromEntries(system.regions.map((r) => [r.name, r.api.replays.filter((a) => a.handled && a.at > killedAt + 3000 && a.at < killedAt + DOWN_MS).length])))
       await waitFor(`${node.name} to catch up`, async () => await allCurrent(system.jsm, streams), 60_000)

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 const faults = useFaultSystem()
@@ -14,14 +14,7 @@ describe('fault: nats-server killed -9 during a steady stream of writes, restart
     const outages = [ms(6000, 4000), ms(10_000, 4000)]
     for (const downMs of outages) {
       await sleep(ms(8000, 4000))
-      const fault = system.checker.fault(`kill -9 nats-server for ${downMs} ms`)
-      await faults.nats.kill()
-      try {
-        await sleep(downMs)
-      } finally {
-        await faults.nats.restart()
-      }
-      fault.end()
+      await injectFault(system.checker, `kill -9 nats-server for ${downMs} ms`, downMs, { start: async () => await faults.nats.kill(), end: async () => await faults.nats.restart() })
     }
     await sleep(ms(8000, 4000))
     await load.stop()

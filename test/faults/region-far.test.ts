@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 /** Round trip between region ap (its API and its replicators) and NATS: another continent. */
@@ -18,11 +18,7 @@ describe(`fault: region ap ${AP_RTT_MS} ms from NATS (a delay proxy), one of its
     const load = system.workload().start()
     await sleep(ms(10_000, 6000))
     // Every event in flight far from NATS when its instance dies: the handover happens at a distance too.
-    const fault = system.checker.fault(`kill -9 ${victim.label}, ${AP_RTT_MS} ms from NATS`)
-    await victim.kill()
-    await sleep(500)
-    await victim.start()
-    fault.end()
+    await injectFault(system.checker, `kill -9 ${victim.label}, ${AP_RTT_MS} ms from NATS`, 500, { start: async () => await victim.kill(), end: async () => await victim.start() })
     await sleep(ms(10_000, 6000))
     await load.stop()
     const report = await verifyRun(system, {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ACK_WAIT_MS, ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 /**
@@ -28,12 +28,10 @@ describe('fault: a replicator instance frozen (SIGSTOP) past its ownership, then
     eu.proxy.slowMs = 500
     eu.proxy.mode = 'slow'
     await sleep(1000)
-    const fault = system.checker.fault(`SIGSTOP ${victim.label} for ${FREEZE_MS} ms`)
-    victim.signal('SIGSTOP')
-    eu.proxy.mode = 'pass'
-    await sleep(FREEZE_MS)
-    victim.signal('SIGCONT')
-    fault.end()
+    await injectFault(system.checker, `SIGSTOP ${victim.label} for ${FREEZE_MS} ms`, FREEZE_MS, {
+      start: () => { victim.signal('SIGSTOP'); eu.proxy.mode = 'pass' },
+      end: () => { victim.signal('SIGCONT') }
+    })
     // Writes keep coming while it wakes to what it held: whatever it sends now is stale.
     await sleep(ms(10_000, 6000))
     await load.stop()

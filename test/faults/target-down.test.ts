@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 const faults = useFaultSystem()
@@ -15,14 +15,7 @@ describe('fault: a target region down (connection refused) during a steady strea
     const eu = system.region('eu')
     const load = system.workload().start()
     await sleep(ms(5000, 3000))
-    const fault = system.checker.fault(`eu refuses connections for ${DOWN_MS} ms`)
-    await eu.proxy.down()
-    try {
-      await sleep(DOWN_MS)
-    } finally {
-      await eu.proxy.up()
-    }
-    fault.end()
+    await injectFault(system.checker, `eu refuses connections for ${DOWN_MS} ms`, DOWN_MS, { start: async () => await eu.proxy.down(), end: async () => await eu.proxy.up() })
     await sleep(ms(10_000, 5000))
     await load.stop()
     const report = await verifyRun(system, {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { REQUEST_TIMEOUT_MS, ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 const faults = useFaultSystem()
@@ -15,11 +15,7 @@ describe('fault: a target that hangs (no answer) past the replicators\' HTTP tim
     const eu = system.region('eu')
     const load = system.workload().start()
     await sleep(ms(5000, 3000))
-    const fault = system.checker.fault(`eu hangs for ${HANG_MS} ms`)
-    eu.proxy.mode = 'hang'
-    await sleep(HANG_MS)
-    eu.proxy.mode = 'pass'
-    fault.end()
+    await injectFault(system.checker, `eu hangs for ${HANG_MS} ms`, HANG_MS, { start: () => { eu.proxy.mode = 'hang' }, end: () => { eu.proxy.mode = 'pass' } })
     await sleep(ms(8000, 4000))
     await load.stop()
     const { hung, hungApplied } = eu.proxy.counts

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { useFaultSystem } from './fixture.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 const faults = useFaultSystem()
@@ -15,12 +15,8 @@ describe('fault: a target that answers slowly (200 ms a replay)', () => {
     const eu = system.region('eu')
     const load = system.workload().start()
     await sleep(ms(4000, 2000))
-    const fault = system.checker.fault(`eu answers 200 ms late for ${SLOW_MS} ms`)
     eu.proxy.slowMs = 200
-    eu.proxy.mode = 'slow'
-    await sleep(SLOW_MS)
-    eu.proxy.mode = 'pass'
-    fault.end()
+    await injectFault(system.checker, `eu answers 200 ms late for ${SLOW_MS} ms`, SLOW_MS, { start: () => { eu.proxy.mode = 'slow' }, end: () => { eu.proxy.mode = 'pass' } })
     await sleep(ms(6000, 3000))
     await load.stop()
     const { slowed } = eu.proxy.counts
