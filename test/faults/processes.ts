@@ -79,7 +79,7 @@ export class ReplicatorProcess extends Child {
       '--signing-key', SIGNING_KEY, '--target-token', opts.token, '--namespace', opts.namespace,
       '--timeout-ms', String(opts.timeoutMs), '--metrics-port', '0', '--metrics-host', '127.0.0.1',
       ...(opts.extraArgs ?? [])
-    ], { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info' })
+    ], { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: process.env.FAULT_LOG_LEVEL ?? 'info' })
   }
 
   /** Starts it and waits until it says it is ready (connected and consuming). */

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -285,7 +286,6 @@ export class FaultSystem {
     for (const r of this.regions) {
       for (const p of r.replicators) {
         const said = p.tail(60_000).split('\n').filter((l) => /"level":(30|40|50|60)/.test(l)).slice(-40)
-        if (process.env.FAULT_DUMP_DIR !== undefined) (await import('node:fs')).writeFileSync(`${process.env.FAULT_DUMP_DIR}/${p.label.replace(/[^\w]/g, '_')}.log`, p.output)
         if (said.length > 0) console.error(`${p.label} last warnings:\n${said.map((l) => l.slice(0, 400)).join('\n')}`)
       }
     }
@@ -305,6 +305,11 @@ export class FaultSystem {
   }
 
   async stop (): Promise<void> {
+    // FAULT_DUMP_DIR=dir keeps every replicator's whole output, to trace a failing run.
+    const dump = process.env.FAULT_DUMP_DIR
+    if (dump !== undefined) {
+      for (const r of this.regions) for (const p of r.replicators) writeFileSync(`${dump}/${p.label.replace(/[^\w]/g, '_')}.log`, p.output)
+    }
     for (const fn of this.#cleanup.splice(0).reverse()) {
       try { await fn() } catch { /* the next resource still gets released */ }
     }

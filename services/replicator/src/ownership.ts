@@ -99,9 +99,12 @@ export class PartitionOwnership {
   /** Starts announcing this instance and taking its share of the partitions. */
   start (): void {
     this.#members.set(this.#instance, performance.now())
+    // The first round only announces this instance: instances started together then see each
+    // other before taking partitions, instead of one taking all and handing half over at once.
+    let rounds = 0
     const loop = (): void => {
       if (this.#closed) return
-      this.#ticking = this.#tick().catch((err) => this.#log.warn({ err }, 'ownership round failed'))
+      this.#ticking = (rounds++ === 0 ? this.#announce() : this.#tick()).catch((err) => this.#log.warn({ err }, 'ownership round failed'))
       void this.#ticking.finally(() => {
         if (!this.#closed) this.#timer = setTimeout(loop, RENEW_INTERVAL_MS)
       })
