@@ -291,3 +291,43 @@ describe('regionsync dlq list', () => {
     expect(other.stdout.trim()).toBe('no dead letters for region ap')
   })
 })
+
+describe('help', () => {
+  const commands = [[], ['replicate'], ['status'], ['dlq'], ['dlq', 'list'], ['dlq', 'replay'], ['verify'], ['ids'], ['ids', 'map'], ['demo']]
+
+  it.each(commands.map((c) => [c.join(' ') || '(root)', c] as const))('%s --help prints its flags with their variables and the exit codes, and exits 0 without running', async (_name, command) => {
+    const res = await run([...command, '--help'])
+    expect(res.code).toBe(0)
+    expect(res.stderr).toBe('')
+    expect(res.stdout).toContain(`Usage: regionsync${command.length === 0 ? '' : ` ${command.join(' ')}`}`)
+    expect(res.stdout).toContain('Exit codes:')
+    expect(res.stdout).toContain('2  bad configuration')
+  })
+
+  it('replicate --help lists every flag with its environment variable', async () => {
+    const res = await run(['replicate', '--help'])
+    const help = res.stdout.replace(/\s+/g, ' ')
+    for (const [f, env] of [['--region', 'REGIONSYNC_REGION'], ['--target', 'REGIONSYNC_TARGET_URL'], ['--nats', 'NATS_URL'], ['--namespace', 'REGIONSYNC_NAMESPACE'],
+      ['--metrics-port', 'REGIONSYNC_METRICS_PORT'], ['--metrics-host', 'REGIONSYNC_METRICS_HOST'], ['--signing-key', 'REGIONSYNC_SIGNING_KEY'], ['--dev', 'REGIONSYNC_DEV'],
+      ['--target-token', 'REGIONSYNC_TARGET_TOKEN'], ['--from', 'REGIONSYNC_FROM'], ['--window', 'REGIONSYNC_WINDOW']]) {
+      expect(help).toContain(f)
+      expect(help).toContain(`env: ${env as string}`)
+    }
+  })
+
+  it('no command prints the usage on stderr and exits 2; an unknown command exits 2 with one line', async () => {
+    const none = await run([])
+    expect(none.code).toBe(2)
+    expect(none.stderr).toContain('Usage: regionsync')
+    const unknown = await run(['replicat'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1)
+    expect(unknown.stderr).toContain('replicate')
+  })
+
+  it('REGIONSYNC_DEV=0 does not turn dev mode on', async () => {
+    const res = await run(['replicate', '--region', 'eu', '--target', 'http://127.0.0.1:9', '--nats', h.nats.url], childEnv({ REGIONSYNC_DEV: '0' }))
+    expect(res.code).toBe(2)
+    expect(res.stderr).toContain('--signing-key')
+  })
+})
