@@ -1,6 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream'
 import {
-  DEFAULT_MAX_AGE_MS, InvalidOptionError, connectNats, createSigner, ensureEventStream, names, parseStreamSettings, serverMaxPayload
+  DEFAULT_MAX_AGE_MS, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, names, parseStreamSettings, serverMaxPayload
 } from '@regionsync/shared'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -38,9 +38,30 @@ export interface RegionsyncDecorator {
   plan: () => PlanRow[]
 }
 
+/**
+ * What the plugin tells a handler about a request that is a genuine replay from another region: set
+ * only after the replay's signature verified (so a client cannot set it), null on every other
+ * request. A create handler takes the source's id from it, so the entity has the same id in every
+ * region: `const id = request.regionsync?.createdId ?? randomUUID()`.
+ */
+export interface RegionsyncReplay {
+  /** The event this request replays (its Idempotency-Key). */
+  eventId: string
+  /** The region the write was made in. */
+  origin: string
+  /**
+   * On a replayed create (a POST on a route with `createdId`), the id the source region gave the
+   * entity, as the replicator put it into the signed body; null otherwise.
+   */
+  createdId: string | null
+}
+
 declare module 'fastify' {
   interface FastifyInstance {
     regionsync: RegionsyncDecorator
+  }
+  interface FastifyRequest {
+    regionsync: RegionsyncReplay | null
   }
   interface FastifyContextConfig {
     regionsync?: false | RegionsyncRouteConfig
@@ -152,6 +173,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     plan: () => plan.map((row) => ({ ...row }))
   })
   app.decorateRequest(kCapture as unknown as string, null)
+  app.decorateRequest('regionsync', null)
 
   app.addHook('onRoute', (route: RouteOptions) => {
     const methods = (Array.isArray(route.method) ? route.method : [route.method]).map((m) => m.toUpperCase())
@@ -198,6 +220,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       const replay = genuineReplay(request, capture.body, signer)
       if (replay !== null) {
         capture.replay = true
+        request.regionsync = { eventId: replay.eventId, origin: replay.origin, createdId: replayedCreatedId(request, capture.route) }
         if (guard === null) {
           replays.appliedUnguarded()
           return
@@ -279,6 +302,12 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     guard?.close()
     if (o.connection === undefined && !nc.isClosed()) await nc.drain()
   })
+}
+
+/** The source's id in a replayed create's body (covered by the replay's signature), where the route's `createdId` says it is. */
+function replayedCreatedId (request: FastifyRequest, route: CoveredRoute): string | null {
+  if (request.method !== 'POST' || route.createdId === false) return null
+  return findCreatedId(request.body, route.createdId, route.defaultCreatedId)?.id ?? null
 }
 
 function toArray<T> (v: T | T[] | undefined): T[] {

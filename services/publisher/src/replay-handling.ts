@@ -15,6 +15,7 @@ const RECORD_RETRY_MS = 250
 /** A genuine replay: what its signature covers. */
 export interface GenuineReplay {
   eventId: string
+  origin: string
   seq: number | null
   resource: string
 }
@@ -38,7 +39,7 @@ export function genuineReplay (request: FastifyRequest, body: Buffer | null, sig
   } catch {
     return null
   }
-  return signer.verifyReplay({ eventId: id, origin, method: request.method, body, seq, resource }, sig) ? { eventId: id, seq, resource } : null
+  return signer.verifyReplay({ eventId: id, origin, method: request.method, body, seq, resource }, sig) ? { eventId: id, origin, seq, resource } : null
 }
 
 const MESSAGES = {
