@@ -54,13 +54,14 @@ const MESSAGES = {
  * leaves; after anything else, the claim given back for a retry.
  */
 export class ReplayHandling {
-  readonly #guard: ReplayGuard | null
+  readonly #guard: () => ReplayGuard | null
   readonly #metrics: PublisherMetrics
   readonly #region: string
   readonly #log: FastifyBaseLogger
   readonly #closing: () => boolean
 
-  constructor (guard: ReplayGuard | null, metrics: PublisherMetrics, region: string, log: FastifyBaseLogger, closing: () => boolean) {
+  /** `guard` is null until the plugin has reached NATS, and always when the guard is off. */
+  constructor (guard: () => ReplayGuard | null, metrics: PublisherMetrics, region: string, log: FastifyBaseLogger, closing: () => boolean) {
     this.#guard = guard
     this.#metrics = metrics
     this.#region = region
@@ -73,10 +74,11 @@ export class ReplayHandling {
    * reply was sent here (or there is no guard).
    */
   async before (replay: GenuineReplay, body: Buffer | null, reply: FastifyReply): Promise<Claim | null> {
-    if (this.#guard === null) return null
+    const guard = this.#guard()
     let verdict
     try {
-      verdict = await this.#guard.claim(replay.eventId, body, replay.seq, replay.resource)
+      if (guard === null) throw new Error('regionsync has not reached NATS yet')
+      verdict = await guard.claim(replay.eventId, body, replay.seq, replay.resource)
     } catch (err) {
       this.#log.warn({ err, eventId: replay.eventId }, 'regionsync could not claim a replay')
       this.#count('unavailable')
@@ -118,7 +120,7 @@ export class ReplayHandling {
    * waiting for JetStream if it must; anything else gives the claim back.
    */
   async after (claim: Claim, reply: FastifyReply, payload: unknown): Promise<void> {
-    const guard = this.#guard as ReplayGuard
+    const guard = this.#guard() as ReplayGuard
     if (reply.statusCode < 200 || reply.statusCode > 299) {
       this.#count('released')
       await guard.release(claim).catch((err: unknown) => {
