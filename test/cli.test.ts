@@ -150,6 +150,20 @@ describe('regionsync replicate', () => {
     expect(lines[0]).toContain('--metrics-port')
   })
 
+  it('a signing key that does not verify the stream\'s newest event refuses to start, one line naming --signing-key', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const r = await replicator('eu', ns, t.url)
+    await new EventPublisher(await connection(), ns, r.partitions, SIGNING_KEY).publish(newEvent())
+    const res = await run(['replicate', '--region', 'ap', '--target', t.url, '--signing-key', randomBytes(32).toString('hex'), '--nats', h.nats.url,
+      '--namespace', ns, '--metrics-port', '0'])
+    expect(res.code).toBe(2)
+    const lines = res.stderr.split('\n').filter((l) => l !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain('--signing-key')
+    expect(res.stdout).not.toContain('replicator started')
+  })
+
   it('with good flags it serves /healthz and /readyz on the port it logs, applies events and exits 0 on SIGTERM', async () => {
     const ns = uniqueNamespace()
     const t = await target()

@@ -3,7 +3,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { CommanderError } from 'commander'
 import {
-  DEV_SIGNING_KEY, ErrorCode, InvalidOptionError, connectNats, createLogger, isNotFound, isRegionsyncError, names,
+  DEV_SIGNING_KEY, ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names,
   type Logger, type Names, type StartFrom
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
@@ -12,6 +12,7 @@ import { IdentityResolver } from './identity.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
 import { DEFAULT_REQUEST_TIMEOUT_MS } from './options.js'
 import { Replicator, type DlqReplayResult } from './replicator.js'
+import { checkSigningKey } from './signing-key-check.js'
 import { VERIFY_OPTIONS, verifyCommand, type VerifyFlags } from './verify/command.js'
 import {
   EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, natsFlags, port, region, required, signingKey, startFrom, targetUrl, whole,
@@ -83,6 +84,11 @@ async function replicate (f: ReplicateFlags): Promise<number> {
   const nc = await connectTo(f.nats)
   let replicator: Replicator
   try {
+    const check = await checkSigningKey(await jetstreamManager(nc), names(f.namespace), createSigner(key))
+    if (check.kind === 'mismatch') {
+      throw new InvalidOptionError('--signing-key', `does not verify the newest event on the stream (seq ${check.seq}): every event would be dead-lettered bad-signature; give the key the publishers sign with`)
+    }
+    if (check.kind === 'no-events') log.warn('no event on the stream yet to check --signing-key against; a wrong key shows as bad-signature dead letters')
     replicator = await Replicator.start({
       region: regionName,
       target,
