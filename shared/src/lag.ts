@@ -1,4 +1,4 @@
-import type { JetStreamManager, MsgRequest } from '@nats-io/jetstream'
+import { AckPolicy, DeliverPolicy, type JetStreamManager, type MsgRequest } from '@nats-io/jetstream'
 import { CONSUMER_NAME_RE, isNotFound } from './stream-setup.js'
 import type { Names } from './names.js'
 
@@ -19,6 +19,10 @@ export interface RegionLag {
  * when no replicator of the region runs. Per partition, the oldest unapplied event is the first
  * message on the partition's subject after the consumer's ack floor: everything up to the floor is
  * acknowledged, and the first message past it is not (or the floor would have moved past it).
+ *
+ * The region's own writes are on its partitions' subjects too (`<ns>.ev.<p>.<region>`): its
+ * replicator acknowledges them without a replay, but while none runs they sit past the floor.
+ * They are never the region's pending: they are counted apart and left out of pending and lag.
  */
 export async function regionLag (jsm: JetStreamManager, n: Names, region: string, partitions: number, now = new Date()): Promise<RegionLag> {
   let pending = 0
@@ -35,9 +39,23 @@ export async function regionLag (jsm: JetStreamManager, n: Names, region: string
     consumers++
     const waiting = info.num_pending + info.num_ack_pending
     if (waiting === 0) return
-    pending += waiting
-    const at = await oldestAfter(jsm, n, p, info.ack_floor.stream_seq + 1)
-    if (at !== null && (oldest === null || at < oldest)) oldest = at
+    const from = info.ack_floor.stream_seq + 1
+    const origins = await originsOf(jsm, n, p)
+    const own = n.eventSubject(p, region)
+    if (!origins.includes(own)) {
+      pending += waiting
+      const at = await oldestAfter(jsm, n, n.partitionFilter(p), from)
+      if (at !== null && (oldest === null || at < oldest)) oldest = at
+      return
+    }
+    const others = waiting - await countAfter(jsm, n, own, from)
+    if (others <= 0) return
+    pending += others
+    for (const subject of origins) {
+      if (subject === own) continue
+      const at = await oldestAfter(jsm, n, subject, from)
+      if (at !== null && (oldest === null || at < oldest)) oldest = at
+    }
   }))
   const found = oldest as Date | null
   return {
@@ -49,12 +67,37 @@ export async function regionLag (jsm: JetStreamManager, n: Names, region: string
   }
 }
 
-async function oldestAfter (jsm: JetStreamManager, n: Names, partition: number, seq: number): Promise<Date | null> {
+/** The subjects (one per origin region) the partition holds messages on. */
+async function originsOf (jsm: JetStreamManager, n: Names, partition: number): Promise<string[]> {
+  const info = await jsm.streams.info(n.eventStream, { subjects_filter: n.partitionFilter(partition) })
+  return Object.keys(info.state.subjects ?? {})
+}
+
+/**
+ * Messages on `subject` from `seq` on, as JetStream counts them: the pending count of a
+ * short-lived consumer that starts there (2.9 included), deleted at once.
+ */
+async function countAfter (jsm: JetStreamManager, n: Names, subject: string, seq: number): Promise<number> {
+  const probe = await jsm.consumers.add(n.eventStream, {
+    filter_subject: subject,
+    deliver_policy: DeliverPolicy.StartSequence,
+    opt_start_seq: seq,
+    ack_policy: AckPolicy.None,
+    inactive_threshold: 10_000_000_000
+  })
+  try {
+    return probe.num_pending
+  } finally {
+    await jsm.consumers.delete(n.eventStream, probe.name).catch(() => false)
+  }
+}
+
+async function oldestAfter (jsm: JetStreamManager, n: Names, subject: string, seq: number): Promise<Date | null> {
   let msg
   try {
     // The server (2.9 included) answers next_by_subj on STREAM.MSG.GET; the client's type lists it
     // only for direct get, which would need allow_direct on the stream.
-    const req = { next_by_subj: n.partitionFilter(partition), seq } as unknown as MsgRequest
+    const req = { next_by_subj: subject, seq } as unknown as MsgRequest
     msg = await jsm.streams.getMessage(n.eventStream, req)
   } catch (err) {
     if (isNotFound(err)) return null
