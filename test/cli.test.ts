@@ -274,6 +274,31 @@ describe('regionsync status', () => {
   })
 })
 
+describe('regionsync region remove', () => {
+  it('removes a stopped region\'s consumers and records, so status no longer shows it; refuses a live region, and without --yes off a terminal', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const eu = await replicator('eu', ns, t.url)
+    const ap = await replicator('ap', ns, t.url)
+    const common = ['--nats', h.nats.url, '--namespace', ns]
+
+    const live = await run(['region', 'remove', 'eu', '--yes', ...common])
+    expect(live.code).toBe(2)
+    expect(live.stderr).toContain('live replicator')
+    await eu.close()
+    const unconfirmed = await run(['region', 'remove', 'eu', ...common])
+    expect(unconfirmed.code).toBe(2)
+    expect(unconfirmed.stderr).toContain('--yes')
+
+    const removed = await run(['region', 'remove', 'eu', '--yes', ...common])
+    expect(removed.code).toBe(0)
+    expect(removed.stdout).toContain(`region eu removed: ${eu.partitions} consumers`)
+    const status = JSON.parse((await run(['status', '--json', ...common])).stdout) as Array<{ region: string }>
+    expect(status.map((r) => r.region)).toEqual(['ap'])
+    expect(ap.region).toBe('ap')
+  })
+})
+
 describe('regionsync dlq list', () => {
   it('prints the region\'s dead letters, or says there are none', async () => {
     const ns = uniqueNamespace()
@@ -307,7 +332,7 @@ describe('regionsync dlq list', () => {
 })
 
 describe('help', () => {
-  const commands = [[], ['replicate'], ['status'], ['dlq'], ['dlq', 'list'], ['dlq', 'replay'], ['verify'], ['ids'], ['ids', 'map'], ['demo']]
+  const commands = [[], ['replicate'], ['status'], ['dlq'], ['dlq', 'list'], ['dlq', 'replay'], ['verify'], ['ids'], ['ids', 'map'], ['region'], ['region', 'remove'], ['demo']]
 
   it.each(commands.map((c) => [c.join(' ') || '(root)', c] as const))('%s --help prints its flags with their variables and the exit codes, and exits 0 without running', async (_name, command) => {
     const res = await run([...command, '--help'])

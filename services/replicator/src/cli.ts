@@ -1,3 +1,4 @@
+import { createInterface } from 'node:readline/promises'
 import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
@@ -13,6 +14,7 @@ import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type Me
 import { DEFAULT_REQUEST_TIMEOUT_MS } from './options.js'
 import { Replicator, type DlqReplayResult } from './replicator.js'
 import { checkSigningKey } from './signing-key-check.js'
+import { removeRegion } from './region-remove.js'
 import { VERIFY_OPTIONS, verifyCommand, type VerifyFlags } from './verify/command.js'
 import {
   EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, natsFlags, port, region, required, signingKey, startFrom, targetUrl, whole,
@@ -256,6 +258,33 @@ async function idsMap (f: IdsMapFlags, io: Io): Promise<number> {
   }
 }
 
+interface RegionRemoveFlags { nats: string, namespace: string, yes?: boolean, waitMs: number | string }
+
+async function regionRemove (name: string, f: RegionRemoveFlags, io: Io): Promise<number> {
+  const regionName = region(name, '<name>')
+  const n = names(f.namespace)
+  const nc = await connectTo(f.nats)
+  try {
+    const live = (await gatherStatus(nc, n, Number(f.waitMs))).find((r) => r.region === regionName)?.instances.length ?? 0
+    if (live > 0) throw new InvalidOptionError('<name>', `region ${regionName} has ${live} live replicator(s); stop them first, or they would recreate what this removes`)
+    if (f.yes !== true) {
+      if (process.stdin.isTTY !== true) throw new InvalidOptionError('--yes', `is needed to remove region ${regionName} without a terminal to confirm on`)
+      const rl = createInterface({ input: process.stdin, output: process.stderr })
+      const answer = await rl.question(`remove region ${regionName} from namespace ${n.namespace}: its consumers, records and dead letters? type the region name to confirm: `)
+      rl.close()
+      if (answer.trim() !== regionName) {
+        io.out(`region ${regionName} left as it was`)
+        return EXIT.findings
+      }
+    }
+    const removed = await removeRegion(await jetstreamManager(nc), n, regionName)
+    io.out(`region ${regionName} removed: ${removed.consumers} consumers, ${removed.records} records and dead letters`)
+    return EXIT.ok
+  } finally {
+    await nc.close()
+  }
+}
+
 function collectionPath (value: string, name: string): string {
   if (!value.startsWith('/')) throw new InvalidOptionError(name, 'expects a path starting with "/", e.g. /api/articles')
   return value
@@ -338,6 +367,15 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
     .addOption(flag('--source <id>', 'the source\'s id'))
     .addOption(flag('--target <id>', 'the id the target region knows the entity by'))
     .action((f: IdsMapFlags) => run(idsMap(f, io)))
+
+  root.command('region').description('regions of a namespace')
+    .command('remove')
+    .description('delete a region\'s consumers, records and dead letters (a region no longer replicated to); asks to confirm')
+    .argument('<name>', 'the region')
+    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(flag('--yes', 'do not ask to confirm'))
+    .addOption(flag('--wait-ms <ms>', 'how long to wait for live replicators of the region to answer', { env: 'REGIONSYNC_STATUS_WAIT_MS', default: String(DEFAULT_STATUS_WAIT_MS), parse: whole(10, 60_000) }))
+    .action((name: string, f: RegionRemoveFlags) => run(regionRemove(name, f, io)))
 
   root.command('demo')
     .description('not in the published package: from a clone of the repository, run `npm run demo`')
