@@ -252,7 +252,7 @@ describe('regionsync status', () => {
     const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
     expect(table.code).toBe(0)
     const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
-    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'LAST ERROR'])
+    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'OWN WRITES', 'LAST ERROR'])
     expect(rows).toHaveLength(3)
     const ap3 = rows.find((r) => r[0] === 'ap')
     const eu0 = rows.find((r) => r[0] === 'eu')
@@ -271,6 +271,26 @@ describe('regionsync status', () => {
     expect(parsed[0]!.oldestPendingAt).not.toBeNull()
     expect(parsed[1]!.oldestPendingAt).toBeNull()
     expect(parsed[1]!.instances[0]!.applied).toBe(3)
+  })
+})
+
+describe('regionsync status: own writes', () => {
+  it('counts a region\'s own writes as own writes, never as pending', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const eu = await replicator('eu', ns, t.url)
+    const pub = new EventPublisher(await connection(), ns, eu.partitions, SIGNING_KEY)
+    for (let i = 0; i < 2; i++) await pub.publish(newEvent({ origin: 'eu', resource: `users/own-${i}` }))
+    const rows = await waitFor('eu to acknowledge its own writes', async () => {
+      const res = await run(['status', '--json', '--nats', h.nats.url, '--namespace', ns])
+      const parsed = JSON.parse(res.stdout) as Array<{ region: string, pending: number, ownOrigin: number | null }>
+      return parsed[0]?.ownOrigin === 2 ? parsed : undefined
+    })
+    expect(rows).toMatchObject([{ region: 'eu', pending: 0, ownOrigin: 2 }])
+    expect(t.requests).toHaveLength(0)
+    const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
+    const [header, row] = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
+    expect(row?.[header?.indexOf('OWN WRITES') ?? -1]).toBe('2')
   })
 })
 

@@ -44,6 +44,8 @@ export interface ReplicatorStatus {
   appliedPerSecond: number
   retries: number
   deadLetters: number
+  /** Writes made in this region itself that this instance acknowledged without a replay, since it started. */
+  ownOrigin: number
   breaker: BreakerState
   lastError: { at: string, message: string } | null
   startedAt: string
@@ -538,6 +540,7 @@ export class Replicator {
       appliedPerSecond: (this.#counts.applied - (this.#appliedRing[0] as number)) / RATE_WINDOW_S,
       retries: this.#counts.retries,
       deadLetters: this.#counts.deadLetters,
+      ownOrigin: (await this.metrics.skipped.get()).values.find((v) => v.labels.reason === 'own-origin')?.value ?? 0,
       breaker: this.#breaker.state,
       lastError: this.#lastError,
       startedAt: this.#startedAt.toISOString()
