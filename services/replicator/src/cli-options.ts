@@ -151,10 +151,15 @@ export function required<T> (value: T | undefined, name: string, env: string | u
   return value
 }
 
+export function natsFlag (): Option {
+  return flag('--nats <urls>', 'NATS servers, comma-separated', { env: 'NATS_URL', default: DEFAULT_NATS_URL })
+}
+
+export function namespaceFlag (): Option {
+  return flag('--namespace <ns>', 'prefix of every stream, consumer and bucket regionsync uses', { env: 'REGIONSYNC_NAMESPACE', default: DEFAULT_NAMESPACE, parse: namespace })
+}
+
 /** The two flags every subcommand that talks to NATS has. */
 export function natsFlags (): [Option, Option] {
-  return [
-    flag('--nats <urls>', 'NATS servers, comma-separated', { env: 'NATS_URL', default: DEFAULT_NATS_URL }),
-    flag('--namespace <ns>', 'prefix of every stream, consumer and bucket regionsync uses', { env: 'REGIONSYNC_NAMESPACE', default: DEFAULT_NAMESPACE, parse: namespace })
-  ]
+  return [natsFlag(), namespaceFlag()]
 }

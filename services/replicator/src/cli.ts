@@ -17,7 +17,7 @@ import { checkSigningKey } from './signing-key-check.js'
 import { removeRegion } from './region-remove.js'
 import { VERIFY_OPTIONS, verifyCommand, type VerifyFlags } from './verify/command.js'
 import {
-  EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, natsFlags, port, region, required, signingKey, startFrom, targetUrl, whole,
+  EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, namespaceFlag, natsFlag, port, region, required, signingKey, startFrom, targetUrl, whole,
   type Io
 } from './cli-options.js'
 
@@ -315,7 +315,7 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
     .description('apply the events of every other region to one target region, in order per resource')
     .addOption(regionFlag())
     .addOption(flag('--target <url>', 'base URL of that region\'s API', { env: 'REGIONSYNC_TARGET_URL', parse: targetUrl }))
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--signing-key <key>', 'key the publishers sign events with (at least 32 bytes)', { env: 'REGIONSYNC_SIGNING_KEY', parse: signingKey }))
     .addOption(flag('--dev', 'accept events signed with the insecure, well-known dev key', { env: 'REGIONSYNC_DEV' }))
     .addOption(flag('--target-token <token>', 'credential sent to the target as Authorization: Bearer', { env: 'REGIONSYNC_TARGET_TOKEN' }))
@@ -332,7 +332,7 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
 
   root.command('status')
     .description('every region: live instances, pending, lag, applied/s, dead letters, breaker')
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--json', 'print JSON'))
     .addOption(flag('--watch', 'redraw every 2 s until Ctrl-C'))
     .addOption(flag('--wait-ms <ms>', 'how long to wait for replicators to answer', { env: 'REGIONSYNC_STATUS_WAIT_MS', default: String(DEFAULT_STATUS_WAIT_MS), parse: whole(10, 60_000) }))
@@ -342,13 +342,13 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
   dlq.command('list')
     .description('list a region\'s dead letters')
     .addOption(regionFlag())
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--json', 'print JSON'))
     .action((f: DlqFlags) => run(dlqList(f, io)))
   dlq.command('replay')
     .description('send a region\'s dead letters back to it through one of its running replicators')
     .addOption(regionFlag())
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--id <event-id>', 'replay only this event'))
     .addOption(flag('--wait-ms <ms>', 'how long to wait for a replicator to answer each letter', { env: 'REGIONSYNC_DLQ_WAIT_MS', default: String(DEFAULT_DLQ_REPLAY_WAIT_MS), parse: whole(10, 600_000) }))
     .action((f: DlqFlags) => run(dlqReplay(f, io)))
@@ -362,7 +362,7 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
   ids.command('map')
     .description('tell a region the id its target knows an entity by, for an unmapped-id dead letter; then dlq replay it')
     .addOption(regionFlag())
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--type <path>', 'the collection path the dead letter names, e.g. /api/articles', { parse: collectionPath }))
     .addOption(flag('--source <id>', 'the source\'s id'))
     .addOption(flag('--target <id>', 'the id the target region knows the entity by'))
@@ -372,7 +372,7 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
     .command('remove')
     .description('delete a region\'s consumers, records and dead letters (a region no longer replicated to); asks to confirm')
     .argument('<name>', 'the region')
-    .addOption(natsFlags()[0]).addOption(natsFlags()[1])
+    .addOption(natsFlag()).addOption(namespaceFlag())
     .addOption(flag('--yes', 'do not ask to confirm'))
     .addOption(flag('--wait-ms <ms>', 'how long to wait for live replicators of the region to answer', { env: 'REGIONSYNC_STATUS_WAIT_MS', default: String(DEFAULT_STATUS_WAIT_MS), parse: whole(10, 60_000) }))
     .action((name: string, f: RegionRemoveFlags) => run(regionRemove(name, f, io)))
