@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import { Command, Option } from 'commander'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace,
+  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace,
   validateRegion, type StartFrom
 } from '@regionsync/shared'
 import { parseTargetUrl } from './options.js'
@@ -120,10 +120,20 @@ export function targetUrl (value: string, name: string): URL {
   return parseTargetUrl(value, name)
 }
 
-/** Checked before connecting, so a bad value is reported by its flag whether or not NATS is up. */
+/**
+ * The one home of `--signing-key`: the flag's check (before connecting, so a bad value is reported
+ * by its flag whether or not NATS is up) and `signingKeyOf`, which fills in the dev key.
+ */
 export function signingKey (value: string, name: string): string {
   parseSigningKey(value, name)
   return value
+}
+
+/** The key from `--signing-key`, or the well-known dev key with `--dev`; `why` says what needs it. */
+export function signingKeyOf (value: string | undefined, dev: boolean | undefined, why: string): string {
+  if (value !== undefined) return value
+  if (dev !== true) throw new InvalidOptionError('--signing-key', `is required ${why} (or REGIONSYNC_SIGNING_KEY) (--dev allows the insecure dev key)`)
+  return DEV_SIGNING_KEY
 }
 
 export function encryptionKey (value: string, name: string): string {

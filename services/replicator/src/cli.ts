@@ -4,7 +4,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { CommanderError } from 'commander'
 import {
-  DEV_SIGNING_KEY, ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names,
+  ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names,
   type Logger, type Names, type StartFrom
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
@@ -17,7 +17,7 @@ import { checkSigningKey } from './signing-key-check.js'
 import { removeRegion } from './region-remove.js'
 import { VERIFY_OPTIONS, verifyCommand, type VerifyFlags } from './verify/command.js'
 import {
-  EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, namespaceFlag, natsFlag, port, region, required, signingKey, startFrom, targetUrl, whole,
+  EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, namespaceFlag, natsFlag, port, region, required, signingKey, signingKeyOf, startFrom, targetUrl, whole,
   type Io
 } from './cli-options.js'
 
@@ -73,11 +73,7 @@ interface ReplicateFlags {
 async function replicate (f: ReplicateFlags): Promise<number> {
   const regionName = required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu')
   const target = required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API')
-  let key = f.signingKey
-  if (key === undefined) {
-    if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required (or REGIONSYNC_SIGNING_KEY); expects the secret the publishers sign with (--dev allows the insecure dev key)')
-    key = DEV_SIGNING_KEY
-  }
+  const key = signingKeyOf(f.signingKey, f.dev, 'to verify events: the secret the publishers sign with')
   // Defaults do not pass through the flag parsers; these are the documented defaults, valid as written.
   const metricsPort = Number(f.metricsPort)
   const from = typeof f.from === 'string' ? startFrom(f.from, '--from') : f.from

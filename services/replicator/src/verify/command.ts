@@ -6,7 +6,7 @@ import {
   DEV_SIGNING_KEY, InvalidOptionError, createLogger, createSigner, eventStreamPartitions, isRegionsyncError, names,
   writeVerifySummaries, type Logger
 } from '@regionsync/shared'
-import { duration, flag, natsFlags, port, signingKey as signingKeyValue, whole } from '../cli-options.js'
+import { duration, flag, natsFlags, port, signingKey as signingKeyValue, signingKeyOf, whole } from '../cli-options.js'
 import { parseVerifyConfig, type VerifyConfig } from './config.js'
 import { DEFAULT_VERIFY_METRICS_PORT, createVerifyMetrics, startVerifyMetricsServer, summariesOf } from './metrics.js'
 import { ProgressLine, formatVerifyReport } from './report.js'
@@ -90,14 +90,8 @@ export async function verifyCommand (f: VerifyFlags, io: VerifyIo, tools: Verify
   const dryRun = f.dryRun === true
   if (dryRun && !repair) throw new InvalidOptionError('--dry-run', 'goes with --repair (it lists the repairs --repair would publish)')
   const maxRepairs = Number(f.maxRepairs)
-  let signingKey: string | undefined
-  if (repair && !dryRun) {
-    signingKey = f.signingKey
-    if (signingKey === undefined) {
-      if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required with --repair (or REGIONSYNC_SIGNING_KEY): repairs are events, signed like the publishers\' (--dev allows the insecure dev key)')
-      signingKey = DEV_SIGNING_KEY
-    }
-  }
+  // Repairs are events, signed like the publishers'.
+  const signingKey = repair && !dryRun ? signingKeyOf(f.signingKey, f.dev, 'with --repair to sign the repairs') : undefined
   const everyMs = f.every ?? null
   const metricsPort = Number(f.metricsPort)
   const n = names(f.namespace)
