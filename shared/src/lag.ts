@@ -78,6 +78,16 @@ async function originsOf (jsm: JetStreamManager, n: Names, partition: number): P
  * short-lived consumer that starts there (2.9 included), deleted at once.
  */
 async function countAfter (jsm: JetStreamManager, n: Names, subject: string, seq: number): Promise<number> {
+  // The usual case, a running replicator having acknowledged its region's own writes: the last of
+  // them is behind the floor, and one get says so without a probe consumer.
+  let last
+  try {
+    last = await jsm.streams.getMessage(n.eventStream, { last_by_subj: subject })
+  } catch (err) {
+    if (isNotFound(err)) return 0
+    throw err
+  }
+  if (last === null || last.seq < seq) return 0
   const probe = await jsm.consumers.add(n.eventStream, {
     filter_subject: subject,
     deliver_policy: DeliverPolicy.StartSequence,
