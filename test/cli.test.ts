@@ -162,6 +162,11 @@ describe('regionsync replicate', () => {
     expect(lines).toHaveLength(1)
     expect(lines[0]).toContain('--signing-key')
     expect(res.stdout).not.toContain('replicator started')
+
+    // One forged event on top of genuine ones does not stop a replicator with the right key.
+    await new EventPublisher(await connection(), ns, r.partitions, randomBytes(32).toString('hex')).publish(newEvent())
+    const right = start(['replicate', '--region', 'ap', '--target', t.url, '--signing-key', SIGNING_KEY, '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0'])
+    await right.metricsPort()
   })
 
   it('with good flags it serves /healthz and /readyz on the port it logs, applies events and exits 0 on SIGTERM', async () => {

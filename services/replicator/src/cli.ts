@@ -84,7 +84,7 @@ async function replicate (f: ReplicateFlags): Promise<number> {
   try {
     const check = await checkSigningKey(await jetstreamManager(nc), names(f.namespace), createSigner(key))
     if (check.kind === 'mismatch') {
-      throw new InvalidOptionError('--signing-key', `does not verify the newest event on the stream (seq ${check.seq}): every event would be dead-lettered bad-signature; give the key the publishers sign with`)
+      throw new InvalidOptionError('--signing-key', `verifies none of the newest events on the stream (the last at seq ${check.seq}): every event would be dead-lettered bad-signature; give the key the publishers sign with`)
     }
     if (check.kind === 'no-events') log.warn('no event on the stream yet to check --signing-key against; a wrong key shows as bad-signature dead letters')
     replicator = await Replicator.start({

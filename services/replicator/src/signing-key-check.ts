@@ -1,7 +1,7 @@
 import type { JetStreamManager } from '@nats-io/jetstream'
 import { EVENT_SIGNATURE_HEADER, isNotFound, type Names, type Signer } from '@regionsync/shared'
 
-/** How far back from the stream's last sequence to look for an event (the newest may be deleted). */
+/** How far back from the stream's last sequence to look for an event that verifies. */
 const LOOK_BACK = 16
 
 export type SigningKeyCheck =
@@ -10,7 +10,7 @@ export type SigningKeyCheck =
   | { kind: 'mismatch', seq: number }
 
 /**
- * Whether the signer verifies the newest event on the stream. A replicator started with the wrong
+ * Whether the signer verifies one of the newest events on the stream. A replicator started with the wrong
  * key would otherwise dead-letter every event as `bad-signature`; checked once, before it consumes.
  */
 export async function checkSigningKey (jsm: JetStreamManager, n: Names, signer: Signer): Promise<SigningKeyCheck> {
@@ -21,6 +21,9 @@ export async function checkSigningKey (jsm: JetStreamManager, n: Names, signer: 
     if (isNotFound(err)) return { kind: 'no-events' }
     throw err
   }
+  // One forged or corrupt event (dead-lettered when it comes) must not stop every restart: the key
+  // is wrong only when none of the newest events verifies.
+  let newest: number | null = null
   for (let seq = last; seq > 0 && seq > last - LOOK_BACK; seq--) {
     let m
     try {
@@ -30,12 +33,13 @@ export async function checkSigningKey (jsm: JetStreamManager, n: Names, signer: 
       throw err
     }
     if (m === null) continue
+    newest ??= seq
     try {
       signer.verifyEvent(m.data, m.header?.get(EVENT_SIGNATURE_HEADER) || undefined)
       return { kind: 'verified', seq }
     } catch {
-      return { kind: 'mismatch', seq }
+      // Look further back.
     }
   }
-  return { kind: 'no-events' }
+  return newest === null ? { kind: 'no-events' } : { kind: 'mismatch', seq: newest }
 }
