@@ -117,6 +117,7 @@ describe('bad configuration', () => {
     ['--target with credentials', () => argv({ ...good(), '--target': 'https://admin:hunter2@eu.api.internal' }), '--target'],
     ['missing --signing-key', () => argv({ ...good(), '--signing-key': undefined }), '--signing-key'],
     ['short --signing-key', () => argv({ ...good(), '--signing-key': 'short-secret' }), '--signing-key'],
+    ['a short key in a --signing-key list', () => argv({ ...good(), '--signing-key': `${SIGNING_KEY},short-secret` }), '--signing-key'],
     ['bad --from', () => argv({ ...good(), '--from': 'yesterday' }), '--from'],
     ['bad --namespace', () => argv({ ...good(), '--namespace': 'Bad.Namespace' }), '--namespace'],
     ['unreachable --nats', () => argv({ ...good(), '--nats': 'nats://127.0.0.1:1' }), '--nats'],
@@ -216,6 +217,22 @@ describe('regionsync replicate', () => {
     await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
     await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
     expect(t.requests[0]!.headers.authorization).toBe('Bearer ap-token')
+  })
+
+  it('takes a comma-separated key list while keys rotate: verifies events signed with any, signs webhooks with each', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const newKey = randomBytes(32).toString('hex')
+    const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0'],
+      childEnv({ REGIONSYNC_SIGNING_KEY: `${newKey},${SIGNING_KEY}` }))
+    const port = await cmd.metricsPort()
+    const status = (await get(port, '/status')).body as { partitions: number }
+    const byOld = newEvent()
+    const byNew = newEvent()
+    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(byOld)
+    await new EventPublisher(await connection(), ns, status.partitions, newKey).publish(byNew)
+    await waitFor('both events at the target', () => t.withKey(byOld.id).length === 1 && t.withKey(byNew.id).length === 1)
+    expect(String(t.withKey(byNew.id)[0]!.headers['webhook-signature']).split(' ')).toHaveLength(2)
   })
 
   it('flags win over environment variables', async () => {

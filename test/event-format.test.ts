@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import {
   BadSignatureError, DEFAULT_REPLAY_TOLERANCE_MS, ErrorCode, EVENT_VERSION, InvalidOptionError, MalformedEventError, MIN_KEY_LENGTH,
-  createEvent, createSigner, decodeEvent, encodeEvent, eventBody, openEventBody, parseSigningKey, parseStartFrom, partitionOf,
+  childTraceparent, createEvent, createSigner, decodeEvent, encodeEvent, eventBody, openEventBody, parseSigningKey, parseStartFrom, parseTraceparent,
+  partitionOf, traceFromHeaders,
   type RegionsyncEvent
 } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
@@ -180,6 +181,48 @@ describe('decodeEvent rejects what it cannot trust', () => {
   it('a committedAt that is not a date', () => {
     expectMalformed(raw({ ...good(), committedAt: 'yesterday' }), /committedAt is not a date/)
     expectMalformed(raw(without('committedAt')), /committedAt/)
+  })
+  it('a trace that is not a valid W3C trace context (it becomes headers of the replay)', () => {
+    const tp = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+    expectMalformed(raw({ ...good(), trace: null }), /trace must be an object/)
+    expectMalformed(raw({ ...good(), trace: tp }), /trace must be an object/)
+    expectMalformed(raw({ ...good(), trace: {} }), /trace.traceparent/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: tp.toUpperCase() } }), /trace.traceparent/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: `00-${'0'.repeat(32)}-00f067aa0ba902b7-01` } }), /trace.traceparent/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: `ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01` } }), /trace.traceparent/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: tp, tracestate: 'a=1\r\nx-injected: 1' } }), /trace.tracestate/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: tp, tracestate: 'a='.padEnd(513, 'b') } }), /trace.tracestate/)
+    expectMalformed(raw({ ...good(), trace: { traceparent: tp, baggage: 'x' } }), /unknown field "baggage"/)
+  })
+})
+
+describe('trace context', () => {
+  const tp = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+
+  it('an event carries the trace it was given, decodes it, and encodes exactly as before without one', () => {
+    const traced = sample({ trace: { traceparent: tp, tracestate: 'congo=t61rcWkgMzE' } })
+    expect(decodeEvent(encodeEvent(traced)).trace).toEqual({ traceparent: tp, tracestate: 'congo=t61rcWkgMzE' })
+    expect('trace' in sample()).toBe(false)
+    expect('trace' in sample({ trace: null })).toBe(false)
+  })
+
+  it('reads the request headers as the W3C spec says: invalid traceparent ignored, tracestate with it', () => {
+    expect(traceFromHeaders({ traceparent: tp })).toEqual({ traceparent: tp })
+    expect(traceFromHeaders({ traceparent: tp, tracestate: ['a=1', 'b=2'] })).toEqual({ traceparent: tp, tracestate: 'a=1,b=2' })
+    expect(traceFromHeaders({ traceparent: 'garbage', tracestate: 'a=1' })).toBeNull()
+    expect(traceFromHeaders({ tracestate: 'a=1' })).toBeNull()
+    // A later version may append fields; a version-00 reader keeps the four it knows.
+    expect(traceFromHeaders({ traceparent: `01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-cafe` })).toEqual({ traceparent: tp })
+    expect(traceFromHeaders({ traceparent: `${tp}-cafe` })).toBeNull()
+  })
+
+  it('a child keeps the trace and its flags, with a new span id', () => {
+    const child = parseTraceparent(childTraceparent(tp))
+    expect(child?.traceId).toBe('4bf92f3577b34da6a3ce929d0e0e4736')
+    expect(child?.flags).toBe(1)
+    expect(child?.spanId).toMatch(/^[0-9a-f]{16}$/)
+    expect(child?.spanId).not.toBe('00f067aa0ba902b7')
+    expect(childTraceparent('nonsense')).toBeNull()
   })
 })
 

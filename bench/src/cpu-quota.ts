@@ -11,6 +11,8 @@ const V1_ROOT = '/sys/fs/cgroup/cpu'
 const V2_ROOT = '/sys/fs/cgroup'
 const PERIOD_US = 100_000
 
+const live = new Set<CpuQuota>()
+
 type Flavour = { kind: 'v1', root: string } | { kind: 'v2', root: string }
 
 function flavour (): Flavour | null {
@@ -58,7 +60,9 @@ export class CpuQuota {
       rmdirSync(dir)
       throw err
     }
-    return new CpuQuota(dir, cores)
+    const quota = new CpuQuota(dir, cores)
+    live.add(quota)
+    return quota
   }
 
   /** Moves a process (every thread of it) into this budget. */
@@ -68,6 +72,12 @@ export class CpuQuota {
 
   /** Removes the cgroup; its processes must have exited (or moved) first. Never throws. */
   remove (): void {
+    live.delete(this)
     try { rmdirSync(this.dir) } catch { /* a process still in it: the empty group stays behind, named after this bench's pid */ }
   }
+}
+
+/** Removes every quota still there: the bench's last resort on error or Ctrl-C, after killing its children. */
+export function removeAllQuotas (): void {
+  for (const q of live) q.remove()
 }

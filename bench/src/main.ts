@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { killAllChildren } from './children.js'
 import { conditions, ROOT } from './conditions.js'
+import { removeAllQuotas } from './cpu-quota.js'
 import type { BenchContext } from './context.js'
 import { runIngress } from './ingress.js'
 import { LAG_REGIONS, runLag, type OfferedRate } from './lag.js'
@@ -61,7 +62,8 @@ async function main (): Promise<number> {
     ctx.progress.done()
     process.stderr.write(`bench: ${signal}; stopping every process it started\n`)
     killAllChildren()
-    Promise.all([...ctx.natsServers].map(async (s) => await s.stop())).finally(() => process.exit(130))
+    // A killed child leaves its cgroup a moment later; the servers' stop gives it that moment.
+    Promise.all([...ctx.natsServers].map(async (s) => await s.stop())).finally(() => { removeAllQuotas(); process.exit(130) })
   }
   process.once('SIGINT', () => interrupt('SIGINT'))
   process.once('SIGTERM', () => interrupt('SIGTERM'))

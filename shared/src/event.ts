@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
 import { MalformedEventError } from './errors.js'
 import { sealBytes } from './sealed-headers.js'
+import { isTracestate, parseTraceparent, type EventTrace } from './trace-context.js'
 
 /** The event format version this build writes and reads. */
 export const EVENT_VERSION = 1
@@ -63,6 +64,12 @@ export interface RegionsyncEvent {
    * before repairs existed, and readers built before them, are unaffected.
    */
   repair?: true
+  /**
+   * W3C trace context of the source request (or of the plugin's publish span under it), which the
+   * replay is sent as a child of. Absent when the source request had none, so events without it
+   * encode as before; readers that predate it ignore it.
+   */
+  trace?: EventTrace
 }
 
 export type BodyEncoding = 'utf8' | 'base64' | 'sealed'
@@ -88,6 +95,7 @@ export interface NewEventInput {
   /** Encrypt the body with this AES-256-GCM key (bodyEncoding 'sealed'). */
   sealBodyWith?: Buffer
   repair?: boolean
+  trace?: EventTrace | null
 }
 
 export function createEvent (input: NewEventInput): RegionsyncEvent {
@@ -120,6 +128,7 @@ function fields (input: NewEventInput, id: string): Omit<RegionsyncEvent, 'body'
   }
   // Set only when true, so every other event encodes exactly as before.
   if (input.repair === true) event.repair = true
+  if (input.trace != null) event.trace = input.trace
   return event
 }
 
@@ -215,6 +224,7 @@ export function decodeEvent (data: Uint8Array): RegionsyncEvent {
     }
   }
   if (e.repair !== undefined && e.repair !== true) throw new MalformedEventError('repair must be true when present')
+  if (e.trace !== undefined) checkTrace(e.trace)
   return e as unknown as RegionsyncEvent
 }
 
@@ -224,6 +234,16 @@ const SEALED_RE = /^[A-Za-z0-9_-]+$/
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9a-z-]+$/
 /** Headers the replay's own connection and framing decide. */
 const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'upgrade', 'expect', 'te', 'trailer'])
+
+/** A trace context is sent as headers of the replay: only a valid one, and nothing else, passes. */
+function checkTrace (trace: unknown): void {
+  if (trace === null || typeof trace !== 'object' || Array.isArray(trace)) throw new MalformedEventError('trace must be an object when present')
+  const t = trace as Record<string, unknown>
+  if (parseTraceparent(t.traceparent) === null) throw new MalformedEventError('trace.traceparent is not a valid W3C traceparent')
+  if (t.tracestate !== undefined && !isTracestate(t.tracestate)) throw new MalformedEventError('trace.tracestate must be printable text of at most 512 characters')
+  const unknown = Object.keys(t).find((k) => k !== 'traceparent' && k !== 'tracestate')
+  if (unknown !== undefined) throw new MalformedEventError(`trace has an unknown field ${JSON.stringify(unknown.slice(0, 64))}`)
+}
 
 function str (e: Record<string, unknown>, field: string, allowEmpty = false): void {
   const v = e[field]

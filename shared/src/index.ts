@@ -11,8 +11,15 @@ export {
 export type { RegionsyncEvent, NewEventInput, MutationMethod, IdentityMode, CreatedResource, BodyEncoding } from './event.js'
 export { openEventBody } from './sealed-body.js'
 export {
+  TRACEPARENT_HEADER, TRACESTATE_HEADER, parseTraceparent, formatTraceparent, isTracestate, traceFromHeaders, childTraceparent
+} from './trace-context.js'
+export type { EventTrace, ParsedTraceparent } from './trace-context.js'
+export { loadOtel } from './otel.js'
+export type { Otel } from './otel.js'
+export {
   EVENT_SIGNATURE_HEADER, REPLAY_SIGNATURE_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SEQ_HEADER, REPLAY_RESOURCE_HEADER, IDEMPOTENCY_KEY_HEADER, MIN_KEY_LENGTH,
-  DEV_SIGNING_KEY, DEFAULT_REPLAY_TOLERANCE_MS, createSigner, parseSigningKey
+  DEV_SIGNING_KEY, DEFAULT_REPLAY_TOLERANCE_MS, WEBHOOK_ID_HEADER, WEBHOOK_TIMESTAMP_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_SECRET_LABEL,
+  createSigner, parseSigningKey, parseSigningKeys, webhookSecret
 } from './signing.js'
 export type { Signer, ReplayIdentity } from './signing.js'
 export {
@@ -23,7 +30,7 @@ export {
   DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
   ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound, CONSUMER_NAME_RE
 } from './stream-setup.js'
-export { readSubjectRange, type StoredMessage } from './stream-read.js'
+export { parseAckSubject, readSubjectRange, type StoredMessage } from './stream-read.js'
 export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings, PartitionConsumer } from './stream-setup.js'
 export { regionLag, listRegions } from './lag.js'
 export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.js'

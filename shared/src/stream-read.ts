@@ -1,21 +1,27 @@
-import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
+import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
+import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node'
 
 export interface StoredMessage {
   seq: number
   subject: string
   data: Uint8Array
-  headers: { get: (name: string) => string } | undefined
+  headers: MsgHdrs | undefined
 }
 
 /** How long the temporary reader may sit unused before the server removes it on its own. */
 const READER_INACTIVE_MS = 30_000
+/** Messages asked for per pull. */
+const READ_BATCH = 256
+/** A pull that gets no answer at all in this long: the server is gone. */
+const READ_TIMEOUT_MS = 10_000
 
 /**
  * Every message on `filter` with a stream sequence from `fromSeq` to `toSeq`, in order, through a
- * temporary consumer: one request for the whole range, not one per message (which at a WAN round
- * trip would make a partition takeover take seconds per hundred events). Stops after `max`.
+ * temporary consumer and pulls that answer with what is there and end (no_wait): a few requests
+ * for the whole range, not one per message (at a WAN round trip a partition takeover would take
+ * seconds per hundred events), and no waiting out a pull's expiry. Stops after `max`.
  */
-export async function readSubjectRange (js: JetStreamClient, jsm: JetStreamManager, stream: string, filter: string, fromSeq: number, toSeq: number, max = 100_000): Promise<StoredMessage[]> {
+export async function readSubjectRange (nc: NatsConnection, jsm: JetStreamManager, stream: string, filter: string, fromSeq: number, toSeq: number, max = 100_000): Promise<StoredMessage[]> {
   if (toSeq < fromSeq) return []
   const info = await jsm.consumers.add(stream, {
     filter_subject: filter,
@@ -28,23 +34,51 @@ export async function readSubjectRange (js: JetStreamClient, jsm: JetStreamManag
   })
   const out: StoredMessage[] = []
   try {
-    // num_pending counts matches from fromSeq to the stream's end: asking for no more than that,
-    // the fetch ends as soon as they are in instead of waiting out its expiry.
-    const wanted = Math.min(max, info.num_pending, toSeq - fromSeq + 1)
-    if (wanted === 0) return out
-    const consumer = await js.consumers.get(stream, info.name)
-    const batch = await consumer.fetch({ max_messages: wanted, expires: 5000 })
-    try {
-      for await (const m of batch) {
-        if (m.seq > toSeq) break
-        out.push({ seq: m.seq, subject: m.subject, data: m.data, headers: m.headers })
-        if (out.length >= wanted) break
+    for (;;) {
+      const { messages, ended } = await pullNoWait(nc, `$JS.API.CONSUMER.MSG.NEXT.${stream}.${info.name}`, READ_BATCH)
+      for (const m of messages) {
+        if (m.seq > toSeq || out.length >= max) return out
+        out.push(m)
       }
-    } finally {
-      batch.stop()
+      // Fewer than asked for: that was all there is.
+      if (ended || messages.length < READ_BATCH) return out
     }
   } finally {
     await jsm.consumers.delete(stream, info.name).catch(() => {})
   }
-  return out
+}
+
+async function pullNoWait (nc: NatsConnection, subject: string, batch: number): Promise<{ messages: StoredMessage[], ended: boolean }> {
+  const inbox = createInbox()
+  const messages: StoredMessage[] = []
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { sub.unsubscribe(); reject(new Error(`no answer to a pull on ${subject}`)) }, READ_TIMEOUT_MS)
+    const finish = (ended: boolean): void => { clearTimeout(timer); sub.unsubscribe(); resolve({ messages, ended }) }
+    const sub = nc.subscribe(inbox, {
+      callback: (err, msg: Msg) => {
+        if (err !== null) { clearTimeout(timer); sub.unsubscribe(); reject(err); return }
+        const code = msg.headers?.code ?? 0
+        if (code !== 0 && msg.data.length === 0) { finish(code !== 100); return }
+        const info = msg.reply === undefined ? null : parseAckSubject(msg.reply)
+        if (info !== null) messages.push({ seq: info.seq, subject: msg.subject, data: msg.data, headers: msg.headers })
+        if (messages.length >= batch) finish(false)
+      }
+    })
+    nc.publish(subject, JSON.stringify({ batch, no_wait: true }), { reply: inbox })
+  })
+}
+
+/**
+ * Stream sequence and delivery count from a `$JS.ACK` reply subject: the 9-token form
+ * (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`) or the newer form with
+ * a domain and an account hash before the stream.
+ */
+export function parseAckSubject (reply: string): { seq: number, deliveryCount: number } | null {
+  const t = reply.split('.')
+  if (t[0] !== '$JS' || t[1] !== 'ACK') return null
+  const at = t.length === 9 ? 2 : t.length >= 11 ? 4 : -1
+  if (at < 0) return null
+  const deliveryCount = Number(t[at + 2])
+  const seq = Number(t[at + 3])
+  return Number.isSafeInteger(seq) && Number.isSafeInteger(deliveryCount) ? { seq, deliveryCount } : null
 }

@@ -11,6 +11,7 @@ import {
 } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { SIGNING_KEY, uniqueNamespace } from '../helpers/fixtures.js'
+import { DelayProxy } from '../helpers/delay-proxy.js'
 import { freePort } from '../helpers/nats-server.js'
 import { Checker, type CheckReport } from './checker.js'
 import { ACK_WAIT_MS, CONVERGE_MS, REQUEST_TIMEOUT_MS } from './durations.js'
@@ -45,6 +46,12 @@ export interface SystemOptions {
   suiteConsumers?: boolean
   /** More `regionsync replicate` flags for every instance. @default [] */
   replicatorArgs?: string[]
+  /**
+   * Round trip, per target region, between the region (its API's plugin and its replicators) and
+   * NATS: a DelayProxy (test/helpers/delay-proxy.ts) in front of each server. One server only: a
+   * cluster would tell clients its members' direct addresses. @default {}
+   */
+  natsRttMs?: Record<string, number>
 }
 
 interface Source {
@@ -83,7 +90,7 @@ export class FaultSystem {
   readonly #sourceToken = `client-bearer-${randomBytes(12).toString('hex')}`
 
   private constructor (o: SystemOptions) {
-    this.options = { sourceProcess: false, replicas: 1, partitions: 16, replicatorsPerRegion: 2, timeoutMs: REQUEST_TIMEOUT_MS, suiteConsumers: true, replicatorArgs: [], ...o }
+    this.options = { sourceProcess: false, replicas: 1, partitions: 16, replicatorsPerRegion: 2, timeoutMs: REQUEST_TIMEOUT_MS, suiteConsumers: true, replicatorArgs: [], natsRttMs: {}, ...o }
     this.n = names(this.ns)
     this.checker = new Checker(this.ns)
     this.credentials = {
@@ -104,8 +111,8 @@ export class FaultSystem {
     return s
   }
 
-  async #connection (): Promise<NatsConnection> {
-    const nc = await connectNats({ servers: this.options.servers, reconnectTimeWait: 250 })
+  async #connection (servers = this.options.servers): Promise<NatsConnection> {
+    const nc = await connectNats({ servers, reconnectTimeWait: 250 })
     this.#cleanup.push(async () => { if (!nc.isClosed()) await nc.close() })
     return nc
   }
@@ -127,18 +134,32 @@ export class FaultSystem {
     }
     for (const name of TARGET_REGIONS) {
       const token = `${name}-region-token-${randomBytes(8).toString('hex')}`
-      const api = await RegionApi.start({ region: name, connection: await this.#connection(), namespace: this.ns, token, plugin: { stream: this.streamSettings } })
+      const servers = await this.#serversFrom(name)
+      const api = await RegionApi.start({ region: name, connection: await this.#connection(servers), namespace: this.ns, token, plugin: { stream: this.streamSettings } })
       this.#cleanup.push(async () => await api.close())
       const proxy = await FaultProxy.start(api.url)
       this.#cleanup.push(async () => await proxy.close())
       const replicators = Array.from({ length: this.options.replicatorsPerRegion }, (_, index) => new ReplicatorProcess({
-        region: name, target: proxy.url, token, servers: this.options.servers, namespace: this.ns, timeoutMs: this.options.timeoutMs, index,
+        region: name, target: proxy.url, token, servers, namespace: this.ns, timeoutMs: this.options.timeoutMs, index,
         extraArgs: this.options.replicatorArgs
       }))
       this.#cleanup.push(async () => { for (const r of replicators) await r.kill() })
       this.regions.push({ name, api, proxy, token, replicators })
     }
     await Promise.all(this.regions.flatMap((r) => r.replicators.map(async (p) => await p.start())))
+  }
+
+  /** The NATS URLs as region `name` reaches them: through a delay proxy each when it is far. */
+  async #serversFrom (name: string): Promise<string[]> {
+    const rttMs = this.options.natsRttMs[name] ?? 0
+    if (rttMs === 0) return this.options.servers
+    if (this.options.servers.length > 1) throw new Error('natsRttMs: one NATS server only')
+    return await Promise.all(this.options.servers.map(async (url) => {
+      const { hostname, port } = new URL(url)
+      const proxy = await DelayProxy.start({ target: { host: hostname, port: Number(port) }, delayMs: rttMs / 2 })
+      this.#cleanup.push(async () => await proxy.close())
+      return `nats://${proxy.address}`
+    }))
   }
 
   async #startSource (): Promise<void> {
@@ -259,6 +280,14 @@ export class FaultSystem {
         last = `error: ${(err as Error).message}`
       }
       await sleep(250)
+    }
+    // What the replicators said last, for whoever reads the failure: their warnings and errors.
+    for (const r of this.regions) {
+      for (const p of r.replicators) {
+        const said = p.tail(60_000).split('\n').filter((l) => /"level":(30|40|50|60)/.test(l)).slice(-40)
+        if (process.env.FAULT_DUMP_DIR !== undefined) (await import('node:fs')).writeFileSync(`${process.env.FAULT_DUMP_DIR}/${p.label.replace(/[^\w]/g, '_')}.log`, p.output)
+        if (said.length > 0) console.error(`${p.label} last warnings:\n${said.map((l) => l.slice(0, 400)).join('\n')}`)
+      }
     }
     throw new Error(`regions did not converge within ${timeoutMs} ms: ${last}`)
   }

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest'
 import type { Logger } from '@regionsync/shared'
 import { PartitionWorker, type Entry, type PartitionWorkerDeps, type PullSource, type Step, type StoredEvent } from '../../services/replicator/src/partition-worker.js'
-import { AckHandle, parseAckSubject, type Delivery, type PullRequest } from '../../services/replicator/src/pull-stream.js'
+import { parseAckSubject } from '@regionsync/shared'
+import { AckHandle, type Delivery, type PullRequest } from '../../services/replicator/src/pull-stream.js'
 
 const silent = { info () {}, warn () {}, error () {}, debug () {}, child () { return silent } } as unknown as Logger
 

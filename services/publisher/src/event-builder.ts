@@ -1,5 +1,5 @@
 import {
-  createEvent, encodeEvent, findCreatedId, partitionOf, sealHeaders, type CreatedResource, type MutationMethod, type Names, type Signer
+  createEvent, encodeEvent, findCreatedId, partitionOf, sealHeaders, type CreatedResource, type EventTrace, type MutationMethod, type Names, type Signer
 } from '@regionsync/shared'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { ParsedOptions, ParsedRouteConfig } from './options.js'
@@ -48,7 +48,7 @@ export class EventBuilder {
     this.#partitions = partitions
   }
 
-  build (request: FastifyRequest, reply: FastifyReply, route: CoveredRoute, body: Buffer | null, payload: unknown): SpooledEvent {
+  build (request: FastifyRequest, reply: FastifyReply, route: CoveredRoute, body: Buffer | null, payload: unknown, trace: EventTrace | null = null): SpooledEvent {
     const url = request.raw.url ?? request.url
     const q = url.indexOf('?')
     const path = q === -1 ? url : url.slice(0, q)
@@ -66,6 +66,7 @@ export class EventBuilder {
       headers: pick(request, this.#o.headers),
       idSegments: route.idSegments,
       created,
+      trace,
       ...(this.#o.sealBodies && this.#o.encryptionKey !== undefined ? { sealBodyWith: this.#o.encryptionKey } : {})
     })
     if (this.#o.encryptionKey !== undefined) {

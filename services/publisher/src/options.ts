@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { join } from 'node:path'
 import {
-  DEV_SIGNING_KEY, IDENTITY_MODES, InvalidOptionError, MUTATION_METHODS, parseEncryptionKey, parseSigningKey, validateNamespace, validateRegion,
+  DEV_SIGNING_KEY, IDENTITY_MODES, InvalidOptionError, MUTATION_METHODS, parseEncryptionKey, parseSigningKeys, validateNamespace, validateRegion,
   DEFAULT_NAMESPACE, DEFAULT_REPLAY_TOLERANCE_MS,
   type IdentityMode, type MutationMethod, type NatsConnectOptions, type StreamSettings
 } from '@regionsync/shared'
@@ -47,8 +47,12 @@ export interface RegionsyncPluginOptions {
   nats?: NatsConnectOptions
   /** An existing connection; the plugin will not close it. */
   connection?: NatsConnection
-  /** Secret that signs events; required unless `dev` is true. */
-  signingKey?: string
+  /**
+   * Secret that signs events and verifies replays; required unless `dev` is true. A list (or a
+   * comma-separated string) while keys rotate: events are signed with the first, replays verify
+   * with any.
+   */
+  signingKey?: string | string[]
   /** Allow a fixed, insecure signing key for local development. Logged loudly. @default false */
   dev?: boolean
   /** Prefix of every stream, subject, consumer and bucket name. @default 'regionsync' */
@@ -117,7 +121,7 @@ export interface ParsedOptions {
   region: string
   nats: NatsConnectOptions
   connection: NatsConnection | undefined
-  signingKey: string
+  signingKey: string[]
   dev: boolean
   namespace: string
   stream: Partial<StreamSettings>
@@ -158,7 +162,7 @@ export function parseOptions (opts: RegionsyncPluginOptions): ParsedOptions {
   if (opts.signingKey === undefined && !dev) {
     throw new InvalidOptionError('signingKey', 'is required (at least 32 characters); set dev: true only for local development')
   }
-  const signingKey = opts.signingKey === undefined ? DEV_SIGNING_KEY : parseSigningKey(opts.signingKey)
+  const signingKey = opts.signingKey === undefined ? [DEV_SIGNING_KEY] : parseSigningKeys(opts.signingKey)
   const methods = opts.methods ?? [...MUTATION_METHODS]
   if (!Array.isArray(methods) || methods.length === 0 || !methods.every((m) => MUTATION_METHODS.includes(m))) {
     throw new InvalidOptionError('methods', `expects a non-empty list drawn from ${MUTATION_METHODS.join(', ')}`)

@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_MAX_AGE_MS, DEFAULT_NATS_URL, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, names, parseStreamSettings,
-  partitionOf, serverMaxPayload
+  DEFAULT_MAX_AGE_MS, DEFAULT_NATS_URL, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, loadOtel, names,
+  parseStreamSettings, partitionOf, serverMaxPayload
 } from '@regionsync/shared'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -18,7 +18,8 @@ import { ReplayGuard, type Claim } from './replay-guard.js'
 import { ReplayHandling, genuineReplay } from './replay-handling.js'
 import { keyDepthOf, paramSegmentsOf } from './resource-key.js'
 import { RouteRules } from './route-rules.js'
-import { Spool } from './spool.js'
+import { PublishTracing } from './publish-tracing.js'
+import { Spool, type SpooledEvent } from './spool.js'
 
 /**
  * The Fastify versions the plugin runs on, checked by Fastify at register (it names the version
@@ -144,6 +145,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   const o = parseOptions(options)
   const rules = new RouteRules(o)
   const signer = createSigner(o.signingKey, o.replayToleranceMs)
+  const tracing = new PublishTracing(await loadOtel(), o.region)
   if (o.dev) app.log.warn({ region: o.region }, 'regionsync dev mode: events are signed with a well-known key; never use this in production')
 
   const n = names(o.namespace)
@@ -355,10 +357,15 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   }
 
   async function publishCommitted (capture: Capture, request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+    const traced = tracing.start(request)
+    let event: SpooledEvent | null = null
     try {
-      await publisher.submit(events.build(request, reply, capture.route, capture.body, payload))
+      event = events.build(request, reply, capture.route, capture.body, payload, traced.trace)
+      await publisher.submit(event)
+      traced.end(event)
       return payload
     } catch (err) {
+      traced.end(event, err)
       request.log.error({ err, method: request.method, url: request.url }, 'regionsync could not publish or spool a committed write')
       reply.code(503).header('content-type', 'application/json; charset=utf-8').header('retry-after', '1')
       return JSON.stringify({

@@ -1,5 +1,6 @@
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, openEventBody, openHeaders, type RegionsyncEvent, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+  WEBHOOK_TIMESTAMP_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, childTraceparent, openEventBody, openHeaders, type EventTrace, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { targetPath } from './target-path.js'
@@ -30,6 +31,8 @@ export interface Replay {
   path: string
   headers: Record<string, string>
   body: Buffer | null
+  /** The event's trace context, the parent of the replay's span; null when the source had none. */
+  trace: EventTrace | null
 }
 
 export interface ReplayResult {
@@ -46,7 +49,7 @@ export interface ReplayResult {
  * base, the create's identifier put where the target will keep it, the region's own credential,
  * and the replay headers.
  */
-export function buildReplay (event: RegionsyncEvent, target: TargetSettings, signer: Signer, seq: number | null = null): Replay {
+export function buildReplay (event: RegionsyncEvent, target: TargetSettings, signer: Signer, seq: number | null = null, nowMs = Date.now()): Replay {
   const basePath = target.url.pathname.replace(/\/+$/, '')
   let method: string = event.method
   let path = event.path
@@ -64,9 +67,21 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
     [IDEMPOTENCY_KEY_HEADER]: event.id,
     [REPLAY_ORIGIN_HEADER]: event.origin,
     [REPLAY_RESOURCE_HEADER]: encodeURIComponent(event.resource),
-    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body, seq, resource: event.resource })
+    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body, seq, resource: event.resource }, nowMs)
   }
+  // Standard Webhooks, for targets without our plugin; signed per attempt (as our own header is),
+  // so a replay retried later is inside the receiver's timestamp tolerance.
+  const timestampSec = Math.floor(nowMs / 1000)
+  headers[WEBHOOK_ID_HEADER] = event.id
+  headers[WEBHOOK_TIMESTAMP_HEADER] = String(timestampSec)
+  headers[WEBHOOK_SIGNATURE_HEADER] = signer.signWebhook(event.id, timestampSec, body)
   if (seq !== null) headers[REPLAY_SEQ_HEADER] = String(seq)
+  const trace = event.trace ?? null
+  if (trace !== null) {
+    // The replay is a child of the source's trace; with an SDK, its span (replay-tracing.ts) takes this place.
+    headers[TRACEPARENT_HEADER] = childTraceparent(trace.traceparent) as string
+    if (trace.tracestate !== undefined) headers[TRACESTATE_HEADER] = trace.tracestate
+  }
   if (event.contentType !== null) headers['content-type'] = event.contentType
   if (target.token !== undefined) headers.authorization = `Bearer ${target.token}`
   if (event.sealedHeaders !== null) {
@@ -74,7 +89,7 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
     // The operator forwarded these because the target must see the caller's own: they win.
     Object.assign(headers, openHeaders(target.encryptionKey, event.id, event.sealedHeaders))
   }
-  return { method, path: targetPath(basePath, path, event.query), headers, body }
+  return { method, path: targetPath(basePath, path, event.query), headers, body, trace }
 }
 
 /** The body as the client sent it; a sealed one (publisher option sealBodies) opened with the region's key. */

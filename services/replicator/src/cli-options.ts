@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import { Command, Option } from 'commander'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace,
+  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, parseEncryptionKey, parseSigningKeys, parseStartFrom, validateNamespace,
   validateRegion, type StartFrom
 } from '@regionsync/shared'
 import { parseTargetUrl } from './options.js'
@@ -125,7 +125,7 @@ export function targetUrl (value: string, name: string): URL {
  * by its flag whether or not NATS is up) and `signingKeyOf`, which fills in the dev key.
  */
 export function signingKey (value: string, name: string): string {
-  parseSigningKey(value, name)
+  parseSigningKeys(value, name)
   return value
 }
 

@@ -1,6 +1,6 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseEncryptionKey, parseSigningKey, parseStartFrom, validateNamespace, validateRegion,
+  DEFAULT_ACK_WAIT_MS, DEFAULT_NAMESPACE, InvalidOptionError, parseEncryptionKey, parseSigningKeys, parseStartFrom, validateNamespace, validateRegion,
   type Logger, type StartFrom, type StreamSettings
 } from '@regionsync/shared'
 import type { Registry } from 'prom-client'
@@ -11,10 +11,12 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
 export const DEFAULT_LAG_CACHE_MS = 1000
 /**
- * Events an instance keeps in flight per partition it owns. Far regions need many in flight (at
- * an 80 ms round trip, a few hundred keep a region busy); each costs a few hundred bytes held.
+ * Events an instance keeps in flight per partition it owns: 1,024 over the 16 default partitions.
+ * A far region needs many in flight (at an 80 ms round trip an event is in flight some 250 ms, so
+ * 1,024 allow about 4,000 a second). More only queue up in the process: with 256 per partition a
+ * replicator taking on a backlog was so busy that renewing its leases took 2.5 s.
  */
-export const DEFAULT_WINDOW = 256
+export const DEFAULT_WINDOW = 64
 /** Replays an instance sends at once, over all its partitions; also its keep-alive connections to the target. */
 export const DEFAULT_CONCURRENCY = 256
 
@@ -25,8 +27,12 @@ export interface ReplicatorOptions {
   target: string | URL
   /** The region's own credential, sent as `Authorization: Bearer`. */
   targetToken?: string
-  /** Secret that verifies events (and signs replays). */
-  signingKey: string
+  /**
+   * Secret that verifies events and signs replays; a list (or comma-separated string) while keys
+   * rotate: replays are signed with the first (their `webhook-signature` with each), events verify
+   * with any.
+   */
+  signingKey: string | string[]
   /** Key that opens forwarded headers (the publishers' `encryptionKey`). */
   encryptionKey?: string
   /** The NATS connection; the replicator drains it on close only when `ownsConnection`. */
@@ -66,7 +72,7 @@ export interface ParsedReplicatorOptions {
   region: string
   target: URL
   targetToken: string | undefined
-  signingKey: string
+  signingKey: string[]
   encryptionKey: Buffer | undefined
   connection: NatsConnection
   ownsConnection: boolean
@@ -117,7 +123,7 @@ export function parseReplicatorOptions (o: ReplicatorOptions): ParsedReplicatorO
     region: validateRegion(o.region),
     target: parseTargetUrl(o.target),
     targetToken: o.targetToken === '' ? undefined : o.targetToken,
-    signingKey: parseSigningKey(o.signingKey),
+    signingKey: parseSigningKeys(o.signingKey),
     encryptionKey: o.encryptionKey === undefined || o.encryptionKey === '' ? undefined : parseEncryptionKey(o.encryptionKey),
     connection: o.connection,
     ownsConnection: o.ownsConnection ?? false,

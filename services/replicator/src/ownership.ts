@@ -8,15 +8,23 @@ import { retryTimeouts, type Logger, type Names } from '@regionsync/shared'
  * is the server's clock, never a comparison of two machines' clocks). It bounds how long a dead
  * instance's partitions wait for a new owner.
  */
-export const LEASE_TTL_MS = 3000
+export const LEASE_TTL_MS = 5000
 /** How often an owner renews its leases and every instance announces itself. */
-export const RENEW_INTERVAL_MS = 750
+export const RENEW_INTERVAL_MS = 1000
 /**
  * An owner takes itself for the owner only until this long before the lease could expire on the
  * server, measured from when it sent the renewal: a renewal that is slow to land, or a process
- * that was paused and has not noticed yet, stops acting before anyone else can take over.
+ * that was paused and has not noticed yet, stops acting before anyone else can take over. What is
+ * left (4 s from a renewal's sending, renewed every second) rides out a busy event loop: at 80 ms
+ * from NATS, a replicator taking on a backlog of thousands saw a renewal take 1.7 s.
  */
-export const LEASE_SAFETY_MS = 750
+export const LEASE_SAFETY_MS = 1000
+/**
+ * Longest a lease or announcement request may take before the round gives up on it. A request
+ * made while the connection was reconnecting was seen never to settle, and a round that waits
+ * for it renews nothing again: every partition lapses for good.
+ */
+const KV_OP_TIMEOUT_MS = 2000
 
 export interface LeaseInfo {
   partition: number
@@ -175,10 +183,8 @@ export class PartitionOwnership {
   }
 
   async #tick (): Promise<void> {
-    await this.#kv.put(`${this.#region}.m.${this.#instance}`, JSON.stringify({ at: new Date().toISOString() }))
-    this.#members.set(this.#instance, performance.now())
+    const work: Array<Promise<void>> = [this.#announce()]
     const assigned = this.#assigned()
-    const work: Array<Promise<void>> = []
     for (const [p, h] of this.#held) {
       if (h.releasing) continue
       if (assigned.has(p)) {
@@ -195,6 +201,11 @@ export class PartitionOwnership {
     await Promise.all(work)
   }
 
+  async #announce (): Promise<void> {
+    await bounded(this.#kv.put(`${this.#region}.m.${this.#instance}`, JSON.stringify({ at: new Date().toISOString() })))
+    this.#members.set(this.#instance, performance.now())
+  }
+
   #value (): string {
     return JSON.stringify({ instance: this.#instance })
   }
@@ -204,12 +215,12 @@ export class PartitionOwnership {
     const sentAt = performance.now()
     let revision: number
     try {
-      revision = await this.#kv.create(key, this.#value())
+      revision = await bounded(this.#kv.create(key, this.#value()))
     } catch {
       return // another instance holds it, or NATS did not answer: the next round tries again
     }
     if (this.#closed) {
-      await this.#kv.delete(key, { previousSeq: revision }).catch(() => {})
+      await bounded(this.#kv.delete(key, { previousSeq: revision })).catch(() => {})
       return
     }
     this.#held.set(partition, { epoch: revision, revision, validUntil: sentAt + LEASE_TTL_MS - LEASE_SAFETY_MS, releasing: false })
@@ -220,7 +231,7 @@ export class PartitionOwnership {
   async #renew (partition: number, h: Held): Promise<void> {
     const sentAt = performance.now()
     try {
-      h.revision = await this.#kv.update(this.#leaseKey(partition), this.#value(), h.revision)
+      h.revision = await bounded(this.#kv.update(this.#leaseKey(partition), this.#value(), h.revision))
       h.validUntil = sentAt + LEASE_TTL_MS - LEASE_SAFETY_MS
     } catch (err) {
       // A wrong revision means someone else holds it now; anything else (NATS slow or away) leaves
@@ -242,7 +253,7 @@ export class PartitionOwnership {
       await this.#h.release(partition)
     } finally {
       this.#held.delete(partition)
-      await this.#kv.delete(this.#leaseKey(partition), { previousSeq: h.revision }).catch(() => {})
+      await bounded(this.#kv.delete(this.#leaseKey(partition), { previousSeq: h.revision })).catch(() => {})
     }
   }
 
@@ -258,8 +269,20 @@ export class PartitionOwnership {
     await this.#ticking
     await Promise.all([...this.#held.entries()].filter(([, h]) => !h.releasing).map(async ([p, h]) => await this.#release(p, h).catch(() => {})))
     await Promise.allSettled([...this.#releasing])
-    await this.#kv.delete(`${this.#region}.m.${this.#instance}`).catch(() => {})
+    await bounded(this.#kv.delete(`${this.#region}.m.${this.#instance}`)).catch(() => {})
     this.#watch?.stop()
+  }
+}
+
+/** `p`, or a rejection once KV_OP_TIMEOUT_MS have passed. */
+async function bounded<T> (p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer from the lease bucket in ${KV_OP_TIMEOUT_MS} ms`)), KV_OP_TIMEOUT_MS)
+    })])
+  } finally {
+    clearTimeout(timer)
   }
 }
 

@@ -1,5 +1,5 @@
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
-import type { WriteCoalescer } from '@regionsync/shared'
+import { parseAckSubject, type WriteCoalescer } from '@regionsync/shared'
 
 /** One message a pull delivered, with what the consumer said of it. */
 export interface Delivery {
@@ -41,21 +41,6 @@ export class AckHandle {
       try { this.#nc.publish(this.#reply, body) } catch { /* the connection is closed */ }
     })
   }
-}
-
-/**
- * Stream sequence and delivery count from a `$JS.ACK` reply subject: the 9-token form
- * (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`) or the newer form with
- * a domain and an account hash before the stream.
- */
-export function parseAckSubject (reply: string): { seq: number, deliveryCount: number } | null {
-  const t = reply.split('.')
-  if (t[0] !== '$JS' || t[1] !== 'ACK') return null
-  const at = t.length === 9 ? 2 : t.length >= 11 ? 4 : -1
-  if (at < 0) return null
-  const deliveryCount = Number(t[at + 2])
-  const seq = Number(t[at + 3])
-  return Number.isSafeInteger(seq) && Number.isSafeInteger(deliveryCount) ? { seq, deliveryCount } : null
 }
 
 export interface PullRequest {

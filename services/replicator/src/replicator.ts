@@ -3,7 +3,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import type { Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  isNotFound, isRegionsyncError, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
 import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
@@ -19,6 +19,7 @@ import { PartitionOwnership } from './ownership.js'
 import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
 import { PullStream } from './pull-stream.js'
 import { Semaphore, TokenBucket } from './rate-limit.js'
+import { ReplayTracing } from './replay-tracing.js'
 
 export interface ReplicatorStatus {
   region: string
@@ -75,6 +76,7 @@ export class Replicator {
   readonly #log: Logger
   readonly #n: Names
   readonly #signer: Signer
+  #tracing = new ReplayTracing(null, '')
   readonly #client: TargetClient
   readonly #target: TargetSettings
   readonly #breaker: CircuitBreaker
@@ -145,6 +147,7 @@ export class Replicator {
 
   async #setup (): Promise<void> {
     const nc = this.#o.connection
+    this.#tracing = new ReplayTracing(await loadOtel(), this.region)
     this.#watchConnection().catch((err) => this.#log.warn({ err }, 'NATS status watch ended'))
     this.#jsm = await jetstreamManager(nc)
     this.#js = jetstream(nc)
@@ -240,7 +243,7 @@ export class Replicator {
     if (info.num_ack_pending === 0) return []
     const from = info.ack_floor.stream_seq + 1
     const to = info.delivered.stream_seq
-    const msgs = await readSubjectRange(this.#js, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
+    const msgs = await readSubjectRange(this.#o.connection, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
     return msgs.map((m) => ({ seq: m.seq, subject: m.subject, data: m.data, signature: m.headers?.get(EVENT_SIGNATURE_HEADER) || undefined }))
   }
 
@@ -443,11 +446,20 @@ export class Replicator {
       await this.#breaker.acquire(abort)
       if (this.#bucket !== null) await this.#bucket.take()
       // Last check before the request leaves: a stale owner (paused past its lease) sends nothing.
-      if (!owns()) return null
+      // It may hold the breaker's one probe: give that back, or the breaker waits on it for ever.
+      if (!owns()) {
+        this.#breaker.neutral()
+        return null
+      }
       const timer = this.metrics.applySeconds.startTimer({ region: this.region })
+      const endSpan = this.#tracing.start(replay)
       try {
         const res = await this.#client.send(replay, abort, readJson)
+        endSpan(res.status)
         return { ...res, failure: null, aborted: false }
+      } catch (err) {
+        endSpan(null, err)
+        throw err
       } finally {
         timer()
       }
