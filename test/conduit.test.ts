@@ -8,7 +8,7 @@ import { CONDUIT_ROUTE_SETTINGS, buildConduitApi, type ConduitApiOptions, type C
 import { listDeadLetters, runCli, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { names, regionLag } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
-import { metricValue } from './helpers/events.js'
+import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, call, startReplicator, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
 
@@ -80,7 +80,7 @@ async function register (url: string, username: string, password = 'pw-' + usern
 }
 
 async function metric (r: Replicator, name: string, labels: Record<string, string>): Promise<number> {
-  return metricValue(await r.metrics.registry.metrics(), name, labels)
+  return await registryValue(r.metrics.registry, name, labels)
 }
 
 async function deadLetters (w: World, region: Region): Promise<StoredDeadLetter[]> {

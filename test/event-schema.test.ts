@@ -11,6 +11,7 @@ import Fastify from 'fastify'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, uniqueNamespace } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 const h = useNats()
 const ENCRYPTION_KEY = randomBytes(32).toString('hex')
@@ -40,15 +41,8 @@ async function emitted (options: Partial<RegionsyncPluginOptions>, writes: (url:
   app.delete('/v1/users/:id', async (_request, reply) => await reply.code(204).send())
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   await writes(url)
-  const jsm = await jetstreamManager(nc)
-  const stream = names(ns).eventStream
-  const last = (await jsm.streams.info(stream)).state.last_seq
-  const out: unknown[] = []
-  for (let seq = 1; seq <= last; seq++) {
-    const m = await jsm.streams.getMessage(stream, { seq })
-    out.push(JSON.parse(Buffer.from(m!.data).toString('utf8')))
-  }
-  return out
+  const messages = await streamMessages(await jetstreamManager(nc), names(ns).eventStream)
+  return messages.map((m): unknown => JSON.parse(Buffer.from(m.data).toString('utf8')))
 }
 
 async function everyKindOfWrite (url: string): Promise<void> {

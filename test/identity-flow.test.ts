@@ -12,6 +12,7 @@ import { EVENT_SIGNATURE_HEADER, createSigner, decodeEvent, names, parseEncrypti
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, call, silentLogger, uniqueNamespace } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 /**
  * The identity modules in the order the replicator's per-event path calls them, against real
@@ -44,12 +45,10 @@ class ReferenceRegion {
 
   /** Applies every event on the stream not yet handled. */
   async catchUp (): Promise<void> {
-    const last = (await this.jsm.streams.info(this.n.eventStream)).state.last_seq
-    for (; this.#next <= last; this.#next++) {
-      const m = await this.jsm.streams.getMessage(this.n.eventStream, { seq: this.#next })
-      if (m === null) continue
+    for (const m of await streamMessages(this.jsm, this.n.eventStream, this.#next)) {
       createSigner(SIGNING_KEY).verifyEvent(m.data, m.header?.get(EVENT_SIGNATURE_HEADER))
       await this.#apply(decodeEvent(m.data), m.seq)
+      this.#next = m.seq + 1
     }
   }
 

@@ -8,7 +8,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
 import regionsync, { type RegionsyncPluginOptions } from '@regionsync/publisher'
-import { Replicator, listDeadLetters, type ReplicatorOptions } from '@regionsync/replicator'
+import { listDeadLetters, type Replicator, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import {
   IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER, createSigner, decodeEvent, eventBody, names,
   type RegionsyncEvent
@@ -16,11 +16,12 @@ import {
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { metricValue } from './helpers/events.js'
-import { SIGNING_KEY, silentLogger, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { registryValue } from './helpers/events.js'
+import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 /*
  * Issue 3: no write the client saw succeed is ever lost. Each proof drives real processes (the
@@ -42,12 +43,18 @@ async function tempDir (prefix: string): Promise<string> {
 }
 
 async function replicator (region: string, target: string, namespace: string, extra: Partial<ReplicatorOptions> = {}): Promise<Replicator> {
-  const r = await Replicator.start({
-    region, target, signingKey: SIGNING_KEY, connection: await connection(), logger: silentLogger, namespace,
-    retry: { baseDelayMs: 50, maxDelayMs: 500 }, ...extra
-  })
+  const r = await startReplicator(await connection(), { region, target, namespace, ...extra })
   h.defer(async () => await r.close())
   return r
+}
+
+/** The region's dead letters once there is exactly one. */
+async function oneDeadLetter (nc: NatsConnection, ns: string, region: string): Promise<StoredDeadLetter[]> {
+  const jsm = await jetstreamManager(nc)
+  return await waitFor(`the dead letter in ${region}`, async () => {
+    const l = await listDeadLetters(jsm, names(ns), region)
+    return l.length === 1 ? l : undefined
+  })
 }
 
 /** One replay as a region's API answered it. */
@@ -126,15 +133,8 @@ async function send (url: string, method: string, path: string, body?: unknown, 
 
 /** Every event on the namespace's stream, in stream order, with its raw bytes. */
 async function streamEvents (nc: NatsConnection, ns: string): Promise<Array<{ event: RegionsyncEvent, data: Uint8Array }>> {
-  const jsm = await jetstreamManager(nc)
-  const stream = names(ns).eventStream
-  const last = (await jsm.streams.info(stream)).state.last_seq
-  const out: Array<{ event: RegionsyncEvent, data: Uint8Array }> = []
-  for (let seq = 1; seq <= last; seq++) {
-    const m = await jsm.streams.getMessage(stream, { seq })
-    if (m !== null) out.push({ event: decodeEvent(m.data), data: m.data })
-  }
-  return out
+  const messages = await streamMessages(await jetstreamManager(nc), names(ns).eventStream)
+  return messages.map((m) => ({ event: decodeEvent(m.data), data: m.data }))
 }
 
 async function streamCount (nc: NatsConnection, ns: string): Promise<number> {
@@ -142,7 +142,7 @@ async function streamCount (nc: NatsConnection, ns: string): Promise<number> {
 }
 
 async function metric (app: FastifyInstance, name: string, labels: Record<string, string>): Promise<number> {
-  return metricValue(await app.regionsync.registry.metrics(), name, labels)
+  return await registryValue(app.regionsync.registry, name, labels)
 }
 
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
@@ -677,11 +677,7 @@ describe('I5: forwarded headers', () => {
 
     await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
     expect(eu.requests[0]?.headers.authorization).toBe(`Bearer ${secret}`)
-    const jsm = await jetstreamManager(nc)
-    const letters = await waitFor('the dead letter in ap', async () => {
-      const l = await listDeadLetters(jsm, names(ns), 'ap')
-      return l.length === 1 ? l : undefined
-    })
+    const letters = await oneDeadLetter(nc, ns, 'ap')
     expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
     expect(ap.requests).toHaveLength(0)
     expect(JSON.stringify(letters)).not.toContain(secret)
@@ -719,11 +715,7 @@ describe('I5: sealed bodies', () => {
     await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
     // The create's id injected as usual, the rest of the body as the client sent it.
     expect(JSON.parse(eu.requests[0]!.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
-    const jsm = await jetstreamManager(nc)
-    const letters = await waitFor('the dead letter in ap', async () => {
-      const l = await listDeadLetters(jsm, names(ns), 'ap')
-      return l.length === 1 ? l : undefined
-    })
+    const letters = await oneDeadLetter(nc, ns, 'ap')
     expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
     expect(ap.requests).toHaveLength(0)
     expect(JSON.stringify(letters)).not.toContain(password)
@@ -774,7 +766,7 @@ describe('publisher: an API that starts while NATS is down', () => {
 
     const target = await TestTarget.start()
     h.defer(async () => await target.close())
-    const r = await Replicator.start({ region: 'eu', target: target.url, signingKey: SIGNING_KEY, connection: await h.connection(), logger: silentLogger, namespace: ns })
+    const r = await startReplicator(await h.connection(), { region: 'eu', target: target.url, namespace: ns })
     h.defer(async () => await r.close())
     await waitFor('every acknowledged write at the other region', () => {
       const got = target.requests.map((q) => (JSON.parse(q.body.toString()) as { name: string }).name)

@@ -15,6 +15,7 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 const h = useNats()
 
@@ -56,15 +57,8 @@ async function setup (routes: (app: FastifyInstance) => void, options: Partial<R
   await app.ready()
   const stream = names(ns).eventStream
   const published = async (): Promise<Published[]> => {
-    const jsm = await jetstreamManager(nc)
-    const last = (await jsm.streams.info(stream)).state.last_seq
-    const out: Published[] = []
-    for (let seq = 1; seq <= last; seq++) {
-      const m = await jsm.streams.getMessage(stream, { seq })
-      if (m === null) continue
-      out.push({ event: decodeEvent(m.data), data: m.data, subject: m.subject, signature: m.header?.get(EVENT_SIGNATURE_HEADER), msgId: m.header?.get('Nats-Msg-Id') })
-    }
-    return out
+    const messages = await streamMessages(await jetstreamManager(nc), stream)
+    return messages.map((m) => ({ event: decodeEvent(m.data), data: m.data, subject: m.subject, signature: m.header?.get(EVENT_SIGNATURE_HEADER), msgId: m.header?.get('Nats-Msg-Id') }))
   }
   return { app, nc, ns, published }
 }

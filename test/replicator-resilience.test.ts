@@ -8,8 +8,8 @@ import { DEFAULT_PARTITIONS, names, partitionOf, regionLag, type RegionsyncEvent
 import { DEFAULT_SHUTDOWN_GRACE_MS, Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
-import { SIGNING_KEY, connect, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
+import { EventPublisher, metricValue, newEvent, registryValue } from './helpers/events.js'
+import { SIGNING_KEY, connect, prng, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { NatsServer } from './helpers/nats-server.js'
 import { TestTarget, type ReceivedRequest, type Script } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
@@ -63,18 +63,6 @@ function keyOnPartition (prefix: string, partition: number, taken: string[] = []
     if (partitionOf(key, PARTITIONS) === partition && !taken.includes(key)) return key
   }
   throw new Error(`no key ${prefix}N on partition ${partition}`)
-}
-
-/** Seeded randomness, so the plan of a failing chaos run can be rebuilt from the seed it reports. */
-function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 /* ---------------------------------------------------------------- the `regionsync` command */
@@ -575,7 +563,7 @@ describe('poison event', () => {
     expect(lines).toHaveLength(1)
     for (const part of ['rejected 422', poison.id, `PATCH ${poisonKey}`, 'user.email is not an email address']) expect(lines[0]).toContain(part)
     expect((await r.status()).deadLetters).toBe(1)
-    expect(metricValue(await r.metrics.registry.metrics(), 'regionsync_dead_letters_total', { region: 'eu', reason: 'rejected' })).toBe(1)
+    expect(await registryValue(r.metrics.registry, 'regionsync_dead_letters_total', { region: 'eu', reason: 'rejected' })).toBe(1)
 
     fixed = true
     const replay = await dlq(ns, 'replay')

@@ -4,7 +4,7 @@ import { createSigner, encodeEvent, names, regionLag, type RegionsyncEvent } fro
 import { Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { EventPublisher, metricValue, newEvent } from './helpers/events.js'
+import { EventPublisher, metricValue, newEvent, registryValue } from './helpers/events.js'
 import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type Script } from './helpers/target.js'
@@ -49,7 +49,7 @@ async function setup (script?: Script, extra: Partial<ReplicatorOptions> = {}): 
 }
 
 async function metric (r: Replicator, name: string, labels: Record<string, string> = {}): Promise<number> {
-  return metricValue(await r.metrics.registry.metrics(), name, { region: REGION, ...labels })
+  return await registryValue(r.metrics.registry, name, { region: REGION, ...labels })
 }
 
 async function pending (s: Setup): Promise<number> {

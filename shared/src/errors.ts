@@ -12,7 +12,19 @@ export const ErrorCode = {
   Publish: 'REGIONSYNC_E_PUBLISH',
   BodyTooLarge: 'REGIONSYNC_E_BODY_TOO_LARGE',
   Closed: 'REGIONSYNC_E_CLOSED',
-  VerifyRead: 'REGIONSYNC_E_VERIFY_READ'
+  VerifyRead: 'REGIONSYNC_E_VERIFY_READ',
+  /** The plugin cannot take a write or check a replay now; nothing was changed; retry after Retry-After. */
+  Unavailable: 'REGIONSYNC_E_UNAVAILABLE',
+  /** A KV bucket (applied log, identities, ownership, replay guard) did not answer or refused a write. */
+  KvUnreachable: 'REGIONSYNC_E_KV_UNREACHABLE',
+  /** An event's sealed body or forwarded headers cannot be opened with this process's key. */
+  Undecryptable: 'REGIONSYNC_E_UNDECRYPTABLE',
+  /** The target did not answer a replay: refused, reset or timed out. */
+  TargetUnreachable: 'REGIONSYNC_E_TARGET_UNREACHABLE',
+  /** The target's plugin is applying the same replay in another request. */
+  ReplayInProgress: 'REGIONSYNC_E_REPLAY_IN_PROGRESS',
+  /** The target's plugin already has a replay with this Idempotency-Key and another body. */
+  ReplayBodyMismatch: 'REGIONSYNC_E_REPLAY_BODY_MISMATCH'
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -58,6 +70,22 @@ export class BadPathError extends RegionsyncError {
   }
 }
 
+/** An event's sealed body or forwarded headers cannot be opened: no key, or another key. */
+export class UndecryptableError extends RegionsyncError {
+  constructor (message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.Undecryptable, message, options)
+    this.name = 'UndecryptableError'
+  }
+}
+
+/** The target gave no answer to a replay; `cause` is the transport's error. */
+export class TargetUnreachableError extends RegionsyncError {
+  constructor (message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.TargetUnreachable, message, options)
+    this.name = 'TargetUnreachableError'
+  }
+}
+
 /**
  * `regionsync verify` could not read a region: a read endpoint failed, answered something that is
  * not a page of resources, or broke the order the comparison depends on.
@@ -73,4 +101,12 @@ export class VerifyReadError extends RegionsyncError {
 
 export function isRegionsyncError (err: unknown, code?: ErrorCode): err is RegionsyncError {
   return err instanceof RegionsyncError && (code === undefined || err.code === code)
+}
+
+/**
+ * The `code` Node, undici or nats.js put on an error of theirs (`ECONNREFUSED`, `UND_ERR_HEADERS_TIMEOUT`,
+ * ...); undefined when it has none.
+ */
+export function errorCodeOf (err: unknown): string | undefined {
+  return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined
 }

@@ -1,9 +1,13 @@
 export {
-  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError, isRegionsyncError
+  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError,
+  UndecryptableError, TargetUnreachableError, isRegionsyncError, errorCodeOf
 } from './errors.js'
 export {
-  DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, MAX_PARTITIONS, names, partitionOf, validateRegion, validateNamespace
+  DEFAULT_NAMESPACE, names, validateRegion, validateNamespace
 } from './names.js'
+export {
+  DEFAULT_PARTITIONS, MAX_PARTITIONS, partitionOf, eventSubject, partitionFilter, consumerName, partitionOfSubject, parseConsumerName
+} from './partitioning.js'
 export type { Names } from './names.js'
 export {
   EVENT_VERSION, MUTATION_METHODS, IDENTITY_MODES, createEvent, encodeEvent, decodeEvent, eventBody
@@ -27,10 +31,10 @@ export {
 } from './nats.js'
 export type { NatsConnectOptions, ServerFeature } from './nats.js'
 export {
-  DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, defaultStreamSettings, parseStreamSettings,
-  ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound, CONSUMER_NAME_RE
+  DEFAULT_MAX_AGE_MS, DEFAULT_DUPLICATE_WINDOW_MS, DEFAULT_ACK_WAIT_MS, RECORD_TTL_MARGIN_MS, recordTtlMs, defaultStreamSettings, parseStreamSettings,
+  ensureEventStream, eventStreamPartitions, ensureDlqStream, ensurePartitionConsumer, parseStartFrom, retryTimeouts, isNotFound
 } from './stream-setup.js'
-export { parseAckSubject, readSubjectRange, type StoredMessage } from './stream-read.js'
+export { nextBySubject, parseAckSubject, readSubjectRange, walkSubject, type StoredMessage } from './stream-read.js'
 export type { StreamSettings, EventStreamInfo, StartFrom, PartitionConsumerSettings, PartitionConsumer } from './stream-setup.js'
 export { regionLag, listRegions } from './lag.js'
 export { parseEncryptionKey, sealHeaders, openHeaders } from './sealed-headers.js'
@@ -45,3 +49,4 @@ export { WriteCoalescer, coalescerOf } from './write-coalescer.js'
 export type { PubAck } from './inbox-client.js'
 export { verifyBucket, writeVerifySummaries, readVerifySummaries } from './verify-summary.js'
 export type { VerifySummary } from './verify-summary.js'
+export { retryUntil, type RetryUntilOptions } from './retry.js'

@@ -1,6 +1,8 @@
-import { AckPolicy, DeliverPolicy, type JetStreamManager, type MsgRequest } from '@nats-io/jetstream'
-import { CONSUMER_NAME_RE, isNotFound } from './stream-setup.js'
+import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
 import type { Names } from './names.js'
+import { parseConsumerName } from './partitioning.js'
+import { nextBySubject } from './stream-read.js'
+import { isNotFound } from './stream-setup.js'
 
 export interface RegionLag {
   region: string
@@ -103,16 +105,7 @@ async function countAfter (jsm: JetStreamManager, n: Names, subject: string, seq
 }
 
 async function oldestAfter (jsm: JetStreamManager, n: Names, subject: string, seq: number): Promise<Date | null> {
-  let msg
-  try {
-    // The server (2.9 included) answers next_by_subj on STREAM.MSG.GET; the client's type lists it
-    // only for direct get, which would need allow_direct on the stream.
-    const req = { next_by_subj: subject, seq } as unknown as MsgRequest
-    msg = await jsm.streams.getMessage(n.eventStream, req)
-  } catch (err) {
-    if (isNotFound(err)) return null
-    throw err
-  }
+  const msg = await nextBySubject(jsm, n.eventStream, subject, seq)
   if (msg === null) return null
   try {
     const committedAt = (msg.json<{ committedAt?: unknown }>()).committedAt
@@ -128,12 +121,11 @@ async function oldestAfter (jsm: JetStreamManager, n: Names, subject: string, se
 
 /** Regions that have consumers on the event stream, found from the consumers' names. */
 export async function listRegions (jsm: JetStreamManager, n: Names): Promise<string[]> {
-  const re = CONSUMER_NAME_RE(n.namespace)
   const regions = new Set<string>()
   try {
     for await (const c of jsm.consumers.list(n.eventStream)) {
-      const m = re.exec(c.name)
-      if (m !== null) regions.add(m[1] as string)
+      const parsed = parseConsumerName(n.namespace, c.name)
+      if (parsed !== null) regions.add(parsed.region)
     }
   } catch (err) {
     if (isNotFound(err)) return []

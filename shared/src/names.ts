@@ -1,12 +1,11 @@
 import { InvalidOptionError } from './errors.js'
+import { consumerName, eventSubject, partitionFilter } from './partitioning.js'
 
 /**
  * Every NATS name regionsync uses derives from one namespace, so that several independent
  * deployments (or tests) can share a server without seeing each other's events.
  */
 export const DEFAULT_NAMESPACE = 'regionsync'
-export const DEFAULT_PARTITIONS = 16
-export const MAX_PARTITIONS = 256
 
 const REGION_RE = /^[a-z0-9][a-z0-9_-]{0,31}$/
 const NAMESPACE_RE = /^[a-z][a-z0-9_]{0,31}$/
@@ -63,12 +62,12 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     namespace: ns,
     eventStream: `${upper}_EVENTS`,
     dlqStream: `${upper}_DLQ`,
-    eventSubject: (partition, origin) => `${ns}.ev.${partition}.${origin}`,
-    partitionFilter: (partition) => `${ns}.ev.${partition}.*`,
+    eventSubject: (partition, origin) => eventSubject(ns, partition, origin),
+    partitionFilter: (partition) => partitionFilter(ns, partition),
     eventSubjects: `${ns}.ev.>`,
     dlqSubject: (region) => `${ns}.dlq.${region}`,
     dlqSubjects: `${ns}.dlq.>`,
-    consumer: (region, partition) => `${ns}_${region}_p${partition}`,
+    consumer: (region, partition) => consumerName(ns, region, partition),
     appliedBucket: `${ns}_applied`,
     replayBucket: `${ns}_replays`,
     ownersBucket: `${ns}_owners`,
@@ -77,17 +76,4 @@ export function names (namespace: string = DEFAULT_NAMESPACE): Names {
     statusSubject: `${ns}.status`,
     dlqReplaySubject: (region) => `${ns}.dlq-replay.${region}`
   }
-}
-
-/**
- * FNV-1a over the resource key's UTF-16 code units. Stable across processes and versions: the
- * partition of a key must never change while events for it may still be in flight, or order breaks.
- */
-export function partitionOf (resourceKey: string, partitions: number): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < resourceKey.length; i++) {
-    h ^= resourceKey.charCodeAt(i)
-    h = Math.imul(h, 0x01000193)
-  }
-  return (h >>> 0) % partitions
 }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
 import type { Msg, NatsConnection } from '@nats-io/transport-node'
-import { ErrorCode, RegionsyncError } from './errors.js'
+import { ErrorCode, RegionsyncError, isRegionsyncError } from './errors.js'
 import { InboxClient } from './inbox-client.js'
 import { serverSupports } from './nats.js'
 import { retryTimeouts } from './stream-setup.js'
@@ -86,16 +86,16 @@ export class RegionRecords {
 
   /** The key's last message, a delete marker included; null when the key has none. */
   async entry (id: string): Promise<RecordEntry | null> {
-    const msg = await this.#inbox.request(`$JS.API.DIRECT.GET.KV_${this.#bucket}.${this.#subject(id)}`, EMPTY, TIMEOUT_MS)
+    const msg = await kvCall(this.#bucket, this.#inbox.request(`$JS.API.DIRECT.GET.KV_${this.#bucket}.${this.#subject(id)}`, EMPTY, TIMEOUT_MS))
     const code = msg.headers?.code ?? 0
     if (code === 404) return null
-    if (code >= 300) throw new RegionsyncError(ErrorCode.Publish, `KV ${this.#bucket} answered ${code} ${msg.headers?.description ?? ''}`.trimEnd())
+    if (code >= 300) throw new RegionsyncError(ErrorCode.KvUnreachable, `KV ${this.#bucket} answered ${code} ${msg.headers?.description ?? ''}`.trimEnd())
     const op = msg.headers?.get('KV-Operation')
     return { value: op === 'DEL' || op === 'PURGE' ? null : msg.string(), revision: Number(msg.headers?.get('Nats-Sequence')) }
   }
 
   async put (id: string, value: string, opts: RecordWrite = {}): Promise<void> {
-    await this.#inbox.publish(this.#subject(id), Buffer.from(value), { timeoutMs: TIMEOUT_MS, headers: this.#ttl(opts) })
+    await kvCall(this.#bucket, this.#inbox.publish(this.#subject(id), Buffer.from(value), { timeoutMs: TIMEOUT_MS, headers: this.#ttl(opts) }))
   }
 
   /**
@@ -118,7 +118,7 @@ export class RegionRecords {
   }
 
   async #expectLast (id: string, data: Uint8Array, revision: number, headers: Record<string, string>): Promise<number | null> {
-    const msg = await this.#inbox.request(this.#subject(id), data, TIMEOUT_MS, { ...headers, 'Nats-Expected-Last-Subject-Sequence': String(revision) })
+    const msg = await kvCall(this.#bucket, this.#inbox.request(this.#subject(id), data, TIMEOUT_MS, { ...headers, 'Nats-Expected-Last-Subject-Sequence': String(revision) }))
     const ack = parseAck(msg, this.#bucket)
     return 'wrongLast' in ack ? null : ack.seq
   }
@@ -136,12 +136,22 @@ export class RegionRecords {
   }
 }
 
+/** A KV request that got no answer, or a refusal, fails as KvUnreachable whatever the inbox said. */
+async function kvCall<T> (bucket: string, call: Promise<T>): Promise<T> {
+  try {
+    return await call
+  } catch (err) {
+    if (isRegionsyncError(err, ErrorCode.Publish)) throw new RegionsyncError(ErrorCode.KvUnreachable, `KV ${bucket}: ${err.message}`, { cause: err })
+    throw err
+  }
+}
+
 function parseAck (msg: Msg, bucket: string): { seq: number } | { wrongLast: true } {
-  if (msg.headers?.code === 503 || msg.data.length === 0) throw new RegionsyncError(ErrorCode.Publish, `no JetStream stream answered for KV ${bucket}`)
+  if (msg.headers?.code === 503 || msg.data.length === 0) throw new RegionsyncError(ErrorCode.KvUnreachable, `no JetStream stream answered for KV ${bucket}`)
   const ack = msg.json<{ seq?: number, error?: { err_code?: number, code?: number, description?: string } }>()
   if (ack.error !== undefined) {
     if (ack.error.err_code === WRONG_LAST_SEQUENCE) return { wrongLast: true }
-    throw new RegionsyncError(ErrorCode.Publish, `KV ${bucket} refused the write: ${ack.error.description ?? 'unknown error'} (${ack.error.err_code ?? ack.error.code ?? '?'})`)
+    throw new RegionsyncError(ErrorCode.KvUnreachable, `KV ${bucket} refused the write: ${ack.error.description ?? 'unknown error'} (${ack.error.err_code ?? ack.error.code ?? '?'})`)
   }
   return { seq: ack.seq ?? 0 }
 }

@@ -1,11 +1,41 @@
-import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
+import { AckPolicy, DeliverPolicy, type JetStreamManager, type MsgRequest, type StoredMsg } from '@nats-io/jetstream'
 import { createInbox, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node'
+import { isNotFound } from './stream-setup.js'
 
 export interface StoredMessage {
   seq: number
   subject: string
   data: Uint8Array
   headers: MsgHdrs | undefined
+}
+
+/**
+ * The first message on `subject` (wildcards allowed) at or after stream sequence `seq`; null when
+ * there is none, or no such stream. One request per message: for a range of many, readSubjectRange.
+ */
+export async function nextBySubject (jsm: JetStreamManager, stream: string, subject: string, seq: number): Promise<StoredMsg | null> {
+  try {
+    // The server (2.9 included) answers next_by_subj on STREAM.MSG.GET; the client's type lists it
+    // only for direct get, which would need allow_direct on the stream.
+    return await jsm.streams.getMessage(stream, { next_by_subj: subject, seq } as unknown as MsgRequest)
+  } catch (err) {
+    if (isNotFound(err)) return null
+    throw err
+  }
+}
+
+/**
+ * The messages on `subject` from `fromSeq` to `toSeq` (inclusive), in order, one request each, for
+ * walks that usually stop early (the caller breaks out).
+ */
+export async function * walkSubject (jsm: JetStreamManager, stream: string, subject: string, fromSeq: number, toSeq = Number.MAX_SAFE_INTEGER): AsyncGenerator<StoredMsg> {
+  let seq = fromSeq
+  while (seq <= toSeq) {
+    const msg = await nextBySubject(jsm, stream, subject, seq)
+    if (msg === null || msg.seq > toSeq) return
+    yield msg
+    seq = msg.seq + 1
+  }
 }
 
 /** How long the temporary reader may sit unused before the server removes it on its own. */

@@ -4,12 +4,24 @@ import {
 } from '@nats-io/jetstream'
 import { TimeoutError, type NatsConnection } from '@nats-io/transport-node'
 import { ErrorCode, InvalidOptionError, RegionsyncError } from './errors.js'
-import { DEFAULT_PARTITIONS, MAX_PARTITIONS, type Names } from './names.js'
+import type { Names } from './names.js'
+import { DEFAULT_PARTITIONS, MAX_PARTITIONS } from './partitioning.js'
 import { requireServerFeature } from './nats.js'
+import { retryUntil } from './retry.js'
 
 const DAY_MS = 86_400_000
 export const DEFAULT_MAX_AGE_MS = 7 * DAY_MS
 export const DEFAULT_DUPLICATE_WINDOW_MS = 10 * 60_000
+/**
+ * A record about an event (applied, a replay's answer, a resource's fence) is kept this much
+ * longer than the stream keeps events, so no redelivery can outlive the record that it was handled.
+ */
+export const RECORD_TTL_MARGIN_MS = DAY_MS
+
+/** How long records about events live, for a stream that keeps events `streamMaxAgeMs`. */
+export function recordTtlMs (streamMaxAgeMs: number = DEFAULT_MAX_AGE_MS): number {
+  return streamMaxAgeMs + RECORD_TTL_MARGIN_MS
+}
 /**
  * An event an owner holds is signalled as in progress every third of this, so it only runs out for
  * an owner that died or froze; then it bounds how long that owner's events count as pending
@@ -127,13 +139,7 @@ const CREATE_ATTEMPTS = 3
  * (measured with three servers and four replicators): asked again, it is there.
  */
 export async function retryTimeouts<T> (fn: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn()
-    } catch (err) {
-      if (!(err instanceof TimeoutError) || attempt === CREATE_ATTEMPTS) throw err
-    }
-  }
+  return await retryUntil(fn, { retryable: (err, attempt) => err instanceof TimeoutError && attempt < CREATE_ATTEMPTS })
 }
 
 async function addOrGet (jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }) {
@@ -221,9 +227,10 @@ async function ensurePartitionConsumerOnce (jsm: JetStreamManager, n: Names, s: 
     try {
       info = await jsm.consumers.add(n.eventStream, config)
     } catch (err) {
-      // Another instance of the region created it first, possibly with another start point: theirs wins.
+      // Another instance of the region created it first, possibly with another start point: theirs
+      // wins. Any other refusal leaves no consumer behind, and is the error to report.
       if (!(err instanceof JetStreamApiError)) throw err
-      info = await jsm.consumers.info(n.eventStream, name)
+      info = await jsm.consumers.info(n.eventStream, name).catch((infoErr: unknown) => { throw isNotFound(infoErr) ? err : infoErr })
     }
   }
   if (info.config.filter_subject !== filter || info.config.ack_policy !== AckPolicy.Explicit) {
@@ -250,4 +257,3 @@ function deliverPolicy (from: StartFrom): Partial<ConsumerConfig> {
   }
 }
 
-export const CONSUMER_NAME_RE = (ns: string): RegExp => new RegExp(`^${ns}_([a-z0-9][a-z0-9_-]{0,31})_p(\\d+)$`)

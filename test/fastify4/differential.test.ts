@@ -134,7 +134,7 @@ describe.each(VERSIONS)('the plugin never changes a response: Fastify $version (
     if (withPlugin) {
       const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
       h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
-      await app.register(regionsync as never, { region: 'us', connection: await h.connection(), signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir } })
+      await app.register(regionsync, { region: 'us', connection: await h.connection(), signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir } })
     }
     routes(app)
     expect(app.version).toBe(version)
@@ -168,7 +168,7 @@ describe('the Fastify versions the plugin declares', () => {
     h.defer(async () => await app.close().catch(() => undefined))
     const err = await (async () => {
       try {
-        await app.register(regionsync as never, { region: 'us', connection: await h.connection(), signingKey: SIGNING_KEY, namespace: uniqueNamespace(), spool: false })
+        await app.register(regionsync, { region: 'us', connection: await h.connection(), signingKey: SIGNING_KEY, namespace: uniqueNamespace(), spool: false })
         await app.ready()
       } catch (e) {
         return e as Error

@@ -14,6 +14,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, uniqueNamespace } from '../helpers/fixtures.js'
 import { useNats } from '../helpers/harness.js'
+import { streamMessages } from '../helpers/stream.js'
 
 const FASTIFY_VERSION = (createRequire(import.meta.url)('fastify/package.json') as { version: string }).version
 
@@ -28,21 +29,12 @@ async function setup (routes: (app: FastifyInstance) => void, options: { maxBody
   h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
   const app = Fastify({ logger: false })
   h.defer(async () => await app.close())
-  // In this monorepo the plugin's declarations see the root's Fastify 5; an installed app's see its
-  // own Fastify (a peer dependency). What runs here is the plugin on Fastify 4.
-  await app.register(regionsync as never, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
+  await app.register(regionsync, { region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: spoolDir }, ...options })
   routes(app)
   await app.ready()
   const published = async (): Promise<Published[]> => {
-    const jsm = await jetstreamManager(nc)
-    const stream = names(ns).eventStream
-    const last = (await jsm.streams.info(stream)).state.last_seq
-    const out: Published[] = []
-    for (let seq = 1; seq <= last; seq++) {
-      const m = await jsm.streams.getMessage(stream, { seq })
-      if (m !== null) out.push({ event: decodeEvent(m.data), data: m.data, signature: m.header?.get(EVENT_SIGNATURE_HEADER), msgId: m.header?.get('Nats-Msg-Id') })
-    }
-    return out
+    const messages = await streamMessages(await jetstreamManager(nc), names(ns).eventStream)
+    return messages.map((m) => ({ event: decodeEvent(m.data), data: m.data, signature: m.header?.get(EVENT_SIGNATURE_HEADER), msgId: m.header?.get('Nats-Msg-Id') }))
   }
   return { app, published }
 }

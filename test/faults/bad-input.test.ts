@@ -6,22 +6,17 @@ import {
   createEvent, createSigner, decodeEvent, encodeEvent, partitionOf, type RegionsyncEvent
 } from '@regionsync/shared'
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { EventPublisher } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
-import { NatsServer } from '../helpers/nats-server.js'
 import { runRegionsync } from './processes.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
+import type { FaultSystem } from './system.js'
 import { verifyRun } from './verify.js'
 import { write } from './workload.js'
+import { streamMessages } from '../helpers/stream.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 const OTHER_KEY = randomBytes(32).toString('hex')
 
@@ -139,7 +134,7 @@ async function http (url: string, method: string, headers: Record<string, string
 describe('bad input, fed straight to the stream and to the plugin', () => {
   it(`each of ${STREAM_CASES.length} bad events is dead-lettered with its reason and each bad request gets its 4xx; a good write after each still arrives everywhere; nothing else changes`, async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url], replicatorsPerRegion: 1 })
+    const system = await faults.start({ replicatorsPerRegion: 1 })
     await system.seedProjects()
     const s = system
     const client = { checker: s.checker, credentials: s.credentials }
@@ -279,7 +274,7 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
     // The large event's letter does not carry it: `dlq replay` reads it from the stream and
     // evaluates it again (the target still refuses it).
     const huge = letters.find((l) => l.region === 'eu' && l.detail.includes('413'))!
-    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', nats.url, '--namespace', s.ns])
+    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', faults.nats.url, '--namespace', s.ns])
     expect(replay.stdout.trim(), replay.stderr).toBe(`${huge.eventId}  failed  rejected: target answered 413`)
     expect(replay.code).toBe(1)
     // The older update was not applied a second time: the newer name stands everywhere.
@@ -301,10 +296,7 @@ function findKey (partition: number, partitions: number): string {
 
 /** The event of the client's write `wid`, as stored on the stream, with its signature. */
 async function findEvent (s: FaultSystem, wid: string): Promise<{ event: RegionsyncEvent, data: Uint8Array, signature: string }> {
-  const last = (await s.jsm.streams.info(s.n.eventStream)).state.last_seq
-  for (let seq = 1; seq <= last; seq++) {
-    const m = await s.jsm.streams.getMessage(s.n.eventStream, { seq })
-    if (m === null) continue
+  for (const m of await streamMessages(s.jsm, s.n.eventStream)) {
     let event: RegionsyncEvent
     try {
       event = decodeEvent(m.data)

@@ -1,19 +1,12 @@
 import type { JetStreamManager } from '@nats-io/jetstream'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { waitFor } from '../helpers/fixtures.js'
-import { NatsCluster } from '../helpers/nats-cluster.js'
 import { ms } from './durations.js'
 import { streamsOf } from './scan.js'
-import { FaultSystem } from './system.js'
+import { injectFault, useFaultSystemOnCluster } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
-let cluster: NatsCluster
-let system: FaultSystem | undefined
-beforeAll(async () => { cluster = await NatsCluster.start(3) })
-afterAll(async () => {
-  await system?.stop()
-  await cluster.stop()
-})
+const faults = useFaultSystemOnCluster(3)
 
 /** Replicas of each of the namespace's streams (events, dead letters, KV buckets). */
 async function replicasOf (jsm: JetStreamManager, streams: string[]): Promise<Record<string, number>> {
@@ -40,7 +33,7 @@ describe('fault: a three-server NATS cluster (R3), one server killed -9 during w
 
   it('nothing acknowledged is lost, and replicators and APIs carry on through the survivors by themselves', async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: cluster.servers, replicas: 3 })
+    const system = await faults.start({ replicas: 3 })
     const streams = streamsOf(system.n)
     // The plugin and the replicators were told only the servers; the stream was made at R3 by the
     // source's plugin (stream: { replicas: 3 }), and everything else follows it.
@@ -53,20 +46,16 @@ describe('fault: a three-server NATS cluster (R3), one server killed -9 during w
       await sleep(ms(6000, 4000))
       // The event stream's leader, so every kill forces an election where it hurts most.
       const leader = (await system.jsm.streams.info(system.n.eventStream)).cluster?.leader
-      const node = cluster.nodes.find((x) => x.name === leader) ?? cluster.nodes[round]!
+      const node = faults.nats.nodes.find((x) => x.name === leader) ?? faults.nats.nodes[round]!
       victims.push(node.name)
-      const fault = system.checker.fault(`kill -9 nats-server ${node.name}`)
-      await cluster.kill(node)
-      const killedAt = Date.now()
-      try {
-        await sleep(DOWN_MS)
-      } finally {
-        await cluster.restart(node)
-      }
-      fault.end()
+      let killedAt = 0
+      await injectFault(system.checker, `kill -9 nats-server ${node.name}`, DOWN_MS, {
+        start: async () => { await faults.nats.kill(node); killedAt = Date.now() },
+        end: async () => await faults.nats.restart(node)
+      })
       // Each region went on applying while the server was gone (after the election settled).
       progress.push(Object.fromEntries(system.regions.map((r) => [r.name, r.api.replays.filter((a) => a.handled && a.at > killedAt + 3000 && a.at < killedAt + DOWN_MS).length])))
-      await waitFor(`${node.name} to catch up`, async () => await allCurrent(system!.jsm, streams), 60_000)
+      await waitFor(`${node.name} to catch up`, async () => await allCurrent(system.jsm, streams), 60_000)
     }
     await sleep(ms(5000, 3000))
     await load.stop()

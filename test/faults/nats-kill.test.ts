@@ -1,34 +1,20 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: nats-server killed -9 during a steady stream of writes, restarted on the same store', () => {
   it('writes during the outage are answered from the spool and reach every region once, in order; replicators resume by themselves', async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url] })
+    const system = await faults.start()
     await system.seedProjects()
     const load = system.workload().start()
     const outages = [ms(6000, 4000), ms(10_000, 4000)]
     for (const downMs of outages) {
       await sleep(ms(8000, 4000))
-      const fault = system.checker.fault(`kill -9 nats-server for ${downMs} ms`)
-      await nats.kill()
-      try {
-        await sleep(downMs)
-      } finally {
-        await nats.restart()
-      }
-      fault.end()
+      await injectFault(system.checker, `kill -9 nats-server for ${downMs} ms`, downMs, { start: async () => await faults.nats.kill(), end: async () => await faults.nats.restart() })
     }
     await sleep(ms(8000, 4000))
     await load.stop()

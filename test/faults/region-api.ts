@@ -7,7 +7,7 @@ import type { RegionsyncPluginOptions } from '@regionsync/publisher'
 import { IDEMPOTENCY_KEY_HEADER } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
-import { metricValue } from '../helpers/events.js'
+import { registryValue } from '../helpers/events.js'
 import { SIGNING_KEY } from '../helpers/fixtures.js'
 
 /** One replay as a region's API answered it. */
@@ -97,7 +97,7 @@ export class RegionApi {
 
   /** Replays whose handler ran with a 2xx, by the plugin's own count. */
   async pluginApplied (): Promise<number> {
-    return metricValue(await this.app.regionsync.registry.metrics(), 'regionsync_replays_received_total', { region: this.region, outcome: 'applied' })
+    return await registryValue(this.app.regionsync.registry, 'regionsync_replays_received_total', { region: this.region, outcome: 'applied' })
   }
 
   async close (): Promise<void> {

@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { ACK_WAIT_MS, ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 /**
@@ -12,19 +11,13 @@ import { sleep, verifyRun } from './verify.js'
  */
 const FREEZE_MS = 10_000
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: a replicator instance frozen (SIGSTOP) past its ownership, then woken (SIGCONT), during a steady stream of writes', () => {
   it('the woken instance applies nothing stale: every region equal to the source, nothing applied twice, every resource in order', async () => {
     expect(FREEZE_MS).toBeGreaterThan(ACK_WAIT_MS)
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url], replicatorsPerRegion: 2 })
+    const system = await faults.start({ replicatorsPerRegion: 2 })
     await system.seedProjects()
     const eu = system.region('eu')
     const victim = eu.replicators[0]!
@@ -35,12 +28,10 @@ describe('fault: a replicator instance frozen (SIGSTOP) past its ownership, then
     eu.proxy.slowMs = 500
     eu.proxy.mode = 'slow'
     await sleep(1000)
-    const fault = system.checker.fault(`SIGSTOP ${victim.label} for ${FREEZE_MS} ms`)
-    victim.signal('SIGSTOP')
-    eu.proxy.mode = 'pass'
-    await sleep(FREEZE_MS)
-    victim.signal('SIGCONT')
-    fault.end()
+    await injectFault(system.checker, `SIGSTOP ${victim.label} for ${FREEZE_MS} ms`, FREEZE_MS, {
+      start: () => { victim.signal('SIGSTOP'); eu.proxy.mode = 'pass' },
+      end: () => { victim.signal('SIGCONT') }
+    })
     // Writes keep coming while it wakes to what it held: whatever it sends now is stale.
     await sleep(ms(10_000, 6000))
     await load.stop()

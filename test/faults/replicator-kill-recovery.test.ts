@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { CONVERGE_MS, ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
 /**
@@ -11,19 +10,13 @@ import { sleep, verifyRun } from './verify.js'
  */
 const CATCH_UP_LIMIT_MS = 8000
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: one of two replicator instances killed -9 mid-load, with the default settings, not restarted', () => {
   it(`the region catches up within ${CATCH_UP_LIMIT_MS / 1000} s of the load's end; nothing lost, nothing applied twice, every resource in order`, async () => {
     const startedAt = Date.now()
     // The command makes the consumers with its own defaults (no short ack wait from the suite).
-    system = await FaultSystem.start({ servers: [nats.url], replicatorsPerRegion: 2, suiteConsumers: false })
+    const system = await faults.start({ replicatorsPerRegion: 2, suiteConsumers: false })
     await system.seedProjects()
     const eu = system.region('eu')
     const victim = eu.replicators[0]!

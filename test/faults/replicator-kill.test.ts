@@ -1,24 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
-import { prng } from './workload.js'
+import { prng } from '../helpers/fixtures.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: replicator instances killed -9, repeatedly, during a steady stream of writes', () => {
   it('every region ends equal to the source: nothing lost, nothing applied twice, every resource in order', async () => {
     const startedAt = Date.now()
     const seed = Date.now() & 0xffffffff
     const rand = prng(seed)
-    system = await FaultSystem.start({ servers: [nats.url], replicatorsPerRegion: 2 })
+    const system = await faults.start({ replicatorsPerRegion: 2 })
     await system.seedProjects()
     const load = system.workload({ seed }).start()
     const until = Date.now() + ms(45_000, 15_000)

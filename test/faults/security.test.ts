@@ -1,21 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import { DEV_SIGNING_KEY, createEvent, createSigner, encodeEvent } from '@regionsync/shared'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { EventPublisher } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
-import { NatsServer } from '../helpers/nats-server.js'
 import { ms } from './durations.js'
 import { scanForSecrets } from './scan.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
 import { secretsOf, sleep, verifyRun } from './verify.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 /** How a client without the signing key may try to sign a write of its own. */
 const FORGERIES = ['unsigned', 'guessed key', 'dev key', 'signature of a genuine event'] as const
@@ -24,7 +17,7 @@ type Forgery = (typeof FORGERIES)[number]
 describe('security: credentials never stored in clear; writes without the signing key never applied', () => {
   it('after a run with end-user credentials on every write and forged events on the stream, no stored message or log holds a credential, and no forged event was applied', async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url] })
+    const system = await faults.start()
     const s = system
     await s.seedProjects()
     const load = s.workload({ writers: 6 }).start()

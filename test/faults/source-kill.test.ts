@@ -1,25 +1,18 @@
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { metricValue } from '../helpers/events.js'
-import { NatsServer } from '../helpers/nats-server.js'
 import { ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: the source API killed -9 during a steady stream of writes, restarted on the same spool', () => {
   it('every write the client saw answered 2xx reaches every region once, in order, also when the kill lands with events in the spool', async () => {
     const startedAt = Date.now()
     // The source is examples/dist/server.js; its data lives in its memory, so after a kill -9 the
     // reference is what the client saw acknowledged, and the regions must also equal each other.
-    system = await FaultSystem.start({ servers: [nats.url], sourceProcess: true })
+    const system = await faults.start({ sourceProcess: true })
     const source = system.source.process!
     // No grants: the projects they name would die with the source's memory.
     const load = system.workload({ projects: [] }).start()
@@ -37,14 +30,14 @@ describe('fault: the source API killed -9 during a steady stream of writes, rest
     // unreachable: the plugin needs the stream at register time. So NATS comes back first.)
     await sleep(3000)
     const outage = system.checker.fault('kill -9 source API with NATS down (events in the spool)')
-    await nats.kill()
+    await faults.nats.kill()
     let spooled = 0
     try {
       await sleep(ms(4000, 3000))
       spooled = await spoolEvents(source.url)
       await source.kill()
     } finally {
-      await nats.restart()
+      await faults.nats.restart()
     }
     await source.start()
     outage.end()

@@ -1,35 +1,21 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: a target region down (connection refused) during a steady stream of writes', () => {
   const DOWN_MS = ms(30_000, 10_000)
 
   it(`eu refuses connections for ${DOWN_MS / 1000} s and comes back on the same port: it catches up with nothing lost, once, in order; ap is untouched`, async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url] })
+    const system = await faults.start()
     await system.seedProjects()
     const eu = system.region('eu')
     const load = system.workload().start()
     await sleep(ms(5000, 3000))
-    const fault = system.checker.fault(`eu refuses connections for ${DOWN_MS} ms`)
-    await eu.proxy.down()
-    try {
-      await sleep(DOWN_MS)
-    } finally {
-      await eu.proxy.up()
-    }
-    fault.end()
+    await injectFault(system.checker, `eu refuses connections for ${DOWN_MS} ms`, DOWN_MS, { start: async () => await eu.proxy.down(), end: async () => await eu.proxy.up() })
     await sleep(ms(10_000, 5000))
     await load.stop()
     const report = await verifyRun(system, {

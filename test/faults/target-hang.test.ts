@@ -1,32 +1,21 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NatsServer } from '../helpers/nats-server.js'
+import { describe, expect, it } from 'vitest'
 import { REQUEST_TIMEOUT_MS, ms } from './durations.js'
-import { FaultSystem } from './system.js'
+import { injectFault, useFaultSystem } from './fixture.js'
 import { sleep, verifyRun } from './verify.js'
 
-let nats: NatsServer
-let system: FaultSystem | undefined
-beforeAll(async () => { nats = await NatsServer.start() })
-afterAll(async () => {
-  await system?.stop()
-  await nats.stop()
-})
+const faults = useFaultSystem()
 
 describe('fault: a target that hangs (no answer) past the replicators\' HTTP timeout', () => {
   const HANG_MS = ms(15_000, 6000)
 
   it(`eu answers nothing for ${HANG_MS / 1000} s (--timeout-ms ${REQUEST_TIMEOUT_MS}), half of it after applying the write: nothing lost, nothing applied twice`, async () => {
     const startedAt = Date.now()
-    system = await FaultSystem.start({ servers: [nats.url], timeoutMs: REQUEST_TIMEOUT_MS })
+    const system = await faults.start({ timeoutMs: REQUEST_TIMEOUT_MS })
     await system.seedProjects()
     const eu = system.region('eu')
     const load = system.workload().start()
     await sleep(ms(5000, 3000))
-    const fault = system.checker.fault(`eu hangs for ${HANG_MS} ms`)
-    eu.proxy.mode = 'hang'
-    await sleep(HANG_MS)
-    eu.proxy.mode = 'pass'
-    fault.end()
+    await injectFault(system.checker, `eu hangs for ${HANG_MS} ms`, HANG_MS, { start: () => { eu.proxy.mode = 'hang' }, end: () => { eu.proxy.mode = 'pass' } })
     await sleep(ms(8000, 4000))
     await load.stop()
     const { hung, hungApplied } = eu.proxy.counts

@@ -1,17 +1,7 @@
+import { errorCodeOf } from '@regionsync/shared'
 import { request } from 'undici'
+import { prng } from '../helpers/fixtures.js'
 import { requestOf, type Checker, type ClientWrite, type Op } from './checker.js'
-
-/** Seeded randomness, so a failing run's writes can be rebuilt from the seed it reports. */
-export function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -65,9 +55,9 @@ export async function send (url: string, credentials: ClientCredentials, method:
     try { code = (JSON.parse(text) as { code?: string }).code ?? null } catch { code = null }
     return { kind: 'answered', status: res.statusCode, code }
   } catch (err) {
-    const code = (err as { code?: string }).code
+    const code = errorCodeOf(err)
     if (code === 'ECONNREFUSED') return { kind: 'refused' }
-    return { kind: 'error', message: code ?? (err as Error).message }
+    return { kind: 'error', message: code ?? String(err instanceof Error ? err.message : err) }
   }
 }
 

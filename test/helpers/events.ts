@@ -1,5 +1,6 @@
 import { jetstream, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
 import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
+import type { Registry } from 'prom-client'
 import {
   EVENT_SIGNATURE_HEADER, createEvent, createSigner, encodeEvent, names, partitionOf,
   type NewEventInput, type RegionsyncEvent
@@ -62,8 +63,23 @@ export class EventPublisher {
 }
 
 /**
- * Value of one sample in Prometheus text output (what `/metrics` serves); 0 when the series has
- * no sample yet, as for a counter never incremented.
+ * Value of one sample, read from a prom-client registry in this process; 0 when the series has no
+ * sample yet, as for a counter never incremented. A histogram's `<name>_count` and `<name>_sum` are
+ * read by those names.
+ */
+export async function registryValue (registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const base = name.replace(/_(count|sum|bucket)$/, '')
+  const metric = registry.getSingleMetric(name) ?? registry.getSingleMetric(base)
+  if (metric === undefined) return 0
+  const { values } = await metric.get()
+  const sampleName = (v: object): string => 'metricName' in v && typeof v.metricName === 'string' ? v.metricName : name
+  const sample = values.find((v) => sampleName(v) === name && Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+  return sample?.value ?? 0
+}
+
+/**
+ * Value of one sample in Prometheus text output, for what another process serves on `/metrics`
+ * (in this process, registryValue reads the registry itself); 0 when the series has no sample yet.
  */
 export function metricValue (text: string, name: string, labels: Record<string, string> = {}): number {
   for (const line of text.split('\n')) {

@@ -80,3 +80,15 @@ export async function startReplicator (
 ): Promise<Replicator> {
   return await Replicator.start({ signingKey: SIGNING_KEY, logger: silentLogger, retry: { baseDelayMs: 50, maxDelayMs: 500 }, connection, ...options })
 }
+
+/** Seeded randomness (mulberry32), so a failing run can be rebuilt from the seed it reports. */
+export function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}

@@ -9,6 +9,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { EventBuilder, type CoveredRoute } from './event-builder.js'
+import { NotQueuedError, UnavailableError } from './errors.js'
 import { EventPublisher, type Admission } from './event-publisher.js'
 import { createPublisherMetrics } from './metrics.js'
 import { DEFAULT_CREATED_ID, EVENT_ENVELOPE_RESERVE_BYTES, parseOptions, type RegionsyncPluginOptions, type RegionsyncRouteConfig } from './options.js'
@@ -315,8 +316,8 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       }
       const admission = publisher.admit()
       if (typeof admission === 'string') {
-        await reply.code(503).header('retry-after', '5').send({ statusCode: 503, code: 'REGIONSYNC_E_UNAVAILABLE', error: 'Service Unavailable', message: REFUSALS[admission] })
-        return
+        reply.header('retry-after', '5')
+        throw new UnavailableError(REFUSALS[admission])
       }
       capture.admission = admission
       reply.raw.once('close', admission.release)
@@ -367,13 +368,8 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
     } catch (err) {
       traced.end(event, err)
       request.log.error({ err, method: request.method, url: request.url }, 'regionsync could not publish or spool a committed write')
-      reply.code(503).header('content-type', 'application/json; charset=utf-8').header('retry-after', '1')
-      return JSON.stringify({
-        statusCode: 503,
-        code: (err as { code?: string }).code ?? 'REGIONSYNC_E_PUBLISH',
-        error: 'Service Unavailable',
-        message: 'the write was applied in this region but could not be queued for the other regions; it is not acknowledged'
-      })
+      reply.header('retry-after', '1')
+      throw new NotQueuedError('the write was applied in this region but could not be queued for the other regions; it is not acknowledged', { cause: err })
     }
   }
 
@@ -407,4 +403,11 @@ function toArray<T> (v: T | T[] | undefined): T[] {
   return v === undefined ? [] : Array.isArray(v) ? v : [v]
 }
 
-export const regionsync = fp(regionsyncPublisher, { fastify: FASTIFY_RANGE, name: '@regionsync/publisher' })
+/**
+ * The plugin's public type takes any Fastify instance: typed with this package's own Fastify (5 in
+ * the monorepo), a Fastify 4 app's `register` would refuse it without a cast, though it runs on
+ * both (test/fastify4/register-types.ts checks that it registers on 4 as it is).
+ */
+export type RegionsyncPlugin = (instance: unknown, options: RegionsyncPluginOptions) => Promise<void>
+
+export const regionsync = fp(regionsyncPublisher, { fastify: FASTIFY_RANGE, name: '@regionsync/publisher' }) as unknown as RegionsyncPlugin

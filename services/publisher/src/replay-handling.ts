@@ -1,8 +1,8 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, type Signer
+  IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, retryUntil, type Signer
 } from '@regionsync/shared'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import { ReplayBodyMismatchError, ReplayInProgressError, UnavailableError } from './errors.js'
 import type { PublisherMetrics } from './metrics.js'
 import { MAX_RECORDED_BODY_BYTES, type Claim, type RecordedAnswer, type ReplayGuard } from './replay-guard.js'
 
@@ -71,7 +71,8 @@ export class ReplayHandling {
 
   /**
    * Decides before the handler. The claim to settle after the handler when it runs; null when the
-   * reply was sent here (or there is no guard).
+   * reply was sent here (or there is no guard). A replay that must wait, or cannot be checked, is
+   * refused with a thrown error (409, 422, 503) the replicator retries or dead-letters on its code.
    */
   async before (replay: GenuineReplay, body: Buffer | null, reply: FastifyReply): Promise<Claim | null> {
     const guard = this.#guard()
@@ -83,9 +84,8 @@ export class ReplayHandling {
       this.#log.warn({ err, eventId: replay.eventId }, 'regionsync could not claim a replay')
       this.#count('unavailable')
       // 503: the replicator retries it after Retry-After, and nothing ran.
-      await reply.code(503).header('retry-after', '1')
-        .send({ statusCode: 503, code: 'REGIONSYNC_E_UNAVAILABLE', error: 'Service Unavailable', message: MESSAGES.unavailable })
-      return null
+      reply.header('retry-after', '1')
+      throw new UnavailableError(MESSAGES.unavailable)
     }
     switch (verdict.kind) {
       case 'run':
@@ -104,14 +104,12 @@ export class ReplayHandling {
         return null
       case 'in-progress':
         this.#count('in-progress')
-        await reply.code(409).header('retry-after', '1').header(REPLAY_OUTCOME_HEADER, 'in-progress')
-          .send({ statusCode: 409, code: 'REGIONSYNC_E_REPLAY_IN_PROGRESS', error: 'Conflict', message: MESSAGES['in-progress'] })
-        return null
+        reply.header('retry-after', '1').header(REPLAY_OUTCOME_HEADER, 'in-progress')
+        throw new ReplayInProgressError(MESSAGES['in-progress'])
       case 'different-body':
         this.#count('different-body')
-        await reply.code(422).header(REPLAY_OUTCOME_HEADER, 'different-body')
-          .send({ statusCode: 422, code: 'REGIONSYNC_E_REPLAY_BODY_MISMATCH', error: 'Unprocessable Entity', message: MESSAGES['different-body'] })
-        return null
+        reply.header(REPLAY_OUTCOME_HEADER, 'different-body')
+        throw new ReplayBodyMismatchError(MESSAGES['different-body'])
     }
   }
 
@@ -139,18 +137,14 @@ export class ReplayHandling {
     // The write is committed: until the record holds, a redelivery would run it again. When
     // JetStream is unreachable the replicator cannot record it either, and cannot redeliver
     // before JetStream is back, so the answer waits for JetStream rather than going out unrecorded.
-    for (;;) {
-      try {
-        await guard.finish(claim, answer)
-        return
-      } catch (err) {
-        if (this.#closing()) {
-          this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay')
-          return
-        }
-        this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay yet; retrying')
-        await sleep(RECORD_RETRY_MS)
-      }
+    try {
+      await retryUntil(async () => { await guard.finish(claim, answer) }, {
+        retryable: () => !this.#closing(),
+        delayMs: () => RECORD_RETRY_MS,
+        onRetry: (err) => { this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay yet; retrying') }
+      })
+    } catch (err) {
+      this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay')
     }
   }
 

@@ -1,14 +1,9 @@
 import {
   IDEMPOTENCY_KEY_HEADER, REPLAY_ORIGIN_HEADER, REPLAY_RESOURCE_HEADER, REPLAY_SEQ_HEADER, REPLAY_SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
-  WEBHOOK_TIMESTAMP_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, childTraceparent, openEventBody, openHeaders, type EventTrace, type RegionsyncEvent, type Signer
+  WEBHOOK_TIMESTAMP_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TargetUnreachableError, UndecryptableError, childTraceparent, errorCodeOf, openEventBody, openHeaders, type EventTrace, type RegionsyncEvent, type Signer
 } from '@regionsync/shared'
 import { Pool } from 'undici'
 import { targetPath } from './target-path.js'
-
-/** An event's forwarded headers or sealed body cannot be opened here. */
-export class UndecryptableError extends Error {
-  override readonly name = 'UndecryptableError'
-}
 
 export const USER_AGENT = 'regionsync-replicator/0.1'
 export const BODY_EXCERPT_BYTES = 512
@@ -20,7 +15,7 @@ export interface TargetSettings {
   token: string | undefined
   /** The answer's headers, and then each part of its body, must arrive within this. @default 10000 */
   timeoutMs: number
-  /** Keep-alive connections to the target. @default 32 */
+  /** Keep-alive connections to the target. @default the replicator's concurrency (256) */
   connections: number
   /** Opens headers the publisher forwarded sealed; without it such events cannot be replayed. */
   encryptionKey?: Buffer | undefined
@@ -148,13 +143,19 @@ export class TargetClient {
    * target-assigned id must be learnt).
    */
   async send (replay: Replay, signal?: AbortSignal, readJson = false): Promise<ReplayResult> {
-    const res = await this.#pool.request({
-      method: replay.method as 'POST',
-      path: replay.path,
-      headers: replay.headers,
-      body: replay.body ?? undefined,
-      signal
-    })
+    let res
+    try {
+      res = await this.#pool.request({
+        method: replay.method as 'POST',
+        path: replay.path,
+        headers: replay.headers,
+        body: replay.body ?? undefined,
+        signal
+      })
+    } catch (err) {
+      if (signal?.aborted === true) throw err
+      throw new TargetUnreachableError(errorCodeOf(err) ?? (err as Error).message, { cause: err })
+    }
     let excerpt = ''
     let json: unknown
     if (res.statusCode >= 200 && res.statusCode < 300) {

@@ -320,7 +320,7 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
     .addOption(flag('--metrics-host <host>', 'address the metrics server listens on (0.0.0.0: every interface)', { env: 'REGIONSYNC_METRICS_HOST', default: DEFAULT_METRICS_HOST }))
     .addOption(flag('--from <where>', 'where a new region starts: first, new, seq:N or time:ISO', { env: 'REGIONSYNC_FROM', default: 'first', parse: startFrom }))
     .addOption(flag('--concurrency <n>', 'replays in flight per instance', { env: 'REGIONSYNC_CONCURRENCY', parse: whole(1, 4096) }))
-    .addOption(flag('--window <n>', 'events fetched ahead per partition', { env: 'REGIONSYNC_WINDOW', parse: whole(1, 4096) }))
+    .addOption(flag('--window <n>', 'events in flight per partition this instance owns (default 64; 1: one at a time)', { env: 'REGIONSYNC_WINDOW', parse: whole(1, 4096) }))
     .addOption(flag('--max-rps <n>', 'replays per second to the target (0: no limit)', { env: 'REGIONSYNC_MAX_RPS', default: '0', parse: whole(0, 1_000_000) }))
     .addOption(flag('--timeout-ms <ms>', 'timeout of one replay', { env: 'REGIONSYNC_TIMEOUT_MS', default: String(DEFAULT_REQUEST_TIMEOUT_MS), parse: whole(100, 600_000) }))
     .addOption(flag('--connections <n>', 'HTTP connections to the target', { env: 'REGIONSYNC_CONNECTIONS', parse: whole(1, 4096) }))

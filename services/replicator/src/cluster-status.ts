@@ -1,10 +1,41 @@
 import { jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { NoRespondersError, RequestError, type NatsConnection } from '@nats-io/transport-node'
 import { eventStreamPartitions, isNotFound, listRegions, readVerifySummaries, regionLag, type Names, type VerifySummary } from '@regionsync/shared'
 import type { BreakerState } from './circuit-breaker.js'
-import type { ReplicatorStatus } from './replicator.js'
 
 export const DEFAULT_STATUS_WAIT_MS = 1000
+
+/** What one replicator answers on the status subject and serves on `/status`. */
+export interface ReplicatorStatus {
+  region: string
+  instance: string
+  /** The target's origin; never its credential. */
+  target: string
+  connected: boolean
+  ready: boolean
+  partitions: number
+  /** Partitions this instance owns now. */
+  owned: number[]
+  /** Live instances of the region, as this one sees them (itself included). */
+  instances: number
+  /** Events in flight per owned partition (1: one at a time). */
+  window: number
+  /** How ownership is decided and enforced on this server. */
+  ownership: string
+  pending: number
+  lagSeconds: number
+  oldestPendingAt: string | null
+  applied: number
+  /** Events applied per second over the last 10 seconds. */
+  appliedPerSecond: number
+  retries: number
+  deadLetters: number
+  /** Writes made in this region itself that this instance acknowledged without a replay, since it started. */
+  ownOrigin: number
+  breaker: BreakerState
+  lastError: { at: string, message: string } | null
+  startedAt: string
+}
 
 /** One region as `regionsync status` and the dashboard show it. */
 export interface RegionStatus {
@@ -79,10 +110,16 @@ async function collect (nc: NatsConnection, n: Names, waitMs: number): Promise<R
         // Not a status answer; ignore it.
       }
     }
-  } catch {
-    // No responders: no live replicator anywhere.
+  } catch (err) {
+    // No responders: no live replicator anywhere, which the table shows. Anything else (a closed
+    // connection, a permission refused) is an answer status cannot give.
+    if (!isNoResponders(err)) throw err
   }
   return out
+}
+
+function isNoResponders (err: unknown): boolean {
+  return err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders())
 }
 
 async function deadLetterCounts (jsm: Awaited<ReturnType<typeof jetstreamManager>>, n: Names): Promise<Map<string, number>> {

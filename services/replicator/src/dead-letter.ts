@@ -1,5 +1,5 @@
-import type { JetStreamClient, JetStreamManager, MsgRequest } from '@nats-io/jetstream'
-import { isNotFound, type Names } from '@regionsync/shared'
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream'
+import { isNotFound, partitionOfSubject, walkSubject, type Names } from '@regionsync/shared'
 
 /**
  * `unmapped-id`: the path names an entity whose id the target replaced, and the region has no record
@@ -60,19 +60,11 @@ export interface StoredDeadLetter extends DeadLetter {
 /** Dead letters of one region, oldest first. */
 export async function listDeadLetters (jsm: JetStreamManager, n: Names, region: string, limit = 1000): Promise<StoredDeadLetter[]> {
   const out: StoredDeadLetter[] = []
-  let seq = 1
-  while (out.length < limit) {
-    let msg
-    try {
-      // next_by_subj walks only this region's letters; see lag.ts for why the cast.
-      msg = await jsm.streams.getMessage(n.dlqStream, { next_by_subj: n.dlqSubject(region), seq } as unknown as MsgRequest)
-    } catch (err) {
-      if (isNotFound(err)) break
-      throw err
-    }
-    if (msg === null) break
+  if (limit <= 0) return out
+  // Walks only this region's letters.
+  for await (const msg of walkSubject(jsm, n.dlqStream, n.dlqSubject(region), 1)) {
     out.push({ ...msg.json<DeadLetter>(), dlqSeq: msg.seq })
-    seq = msg.seq + 1
+    if (out.length >= limit) break
   }
   return out
 }
@@ -94,8 +86,8 @@ export async function loadDeadLetter (jsm: JetStreamManager, n: Names, dlqSeq: n
  * up to the partition consumer's ack floor, are the ones the region has handled.
  */
 export async function isSuperseded (jsm: JetStreamManager, n: Names, letter: DeadLetter): Promise<boolean> {
-  const partition = Number(letter.subject.split('.').at(-2))
-  if (!Number.isInteger(partition)) return false
+  const partition = partitionOfSubject(letter.subject)
+  if (partition === null) return false
   let floor: number
   try {
     floor = (await jsm.consumers.info(n.eventStream, n.consumer(letter.region, partition))).ack_floor.stream_seq
@@ -103,22 +95,12 @@ export async function isSuperseded (jsm: JetStreamManager, n: Names, letter: Dea
     if (isNotFound(err)) return false
     throw err
   }
-  let seq = letter.streamSeq + 1
-  while (seq <= floor) {
-    let msg
-    try {
-      msg = await jsm.streams.getMessage(n.eventStream, { next_by_subj: n.partitionFilter(partition), seq } as unknown as MsgRequest)
-    } catch (err) {
-      if (isNotFound(err)) return false
-      throw err
-    }
-    if (msg === null || msg.seq > floor) return false
+  for await (const msg of walkSubject(jsm, n.eventStream, n.partitionFilter(partition), letter.streamSeq + 1, floor)) {
     try {
       if (msg.json<{ resource?: unknown }>().resource === letter.resource) return true
     } catch {
       // A malformed event names no resource.
     }
-    seq = msg.seq + 1
   }
   return false
 }

@@ -1,8 +1,6 @@
 import type { NatsConnection } from '@nats-io/transport-node'
-import { RegionRecords, type Names } from '@regionsync/shared'
+import { RegionRecords, recordTtlMs, type Names } from '@regionsync/shared'
 
-/** Kept a day longer than events, so no redelivery can outlive the record that it was applied. */
-export const APPLIED_TTL_MARGIN_MS = 86_400_000
 /** Event ids this instance settled lately, remembered in memory: more than one window of every partition. */
 const RECENT_LIMIT = 20_000
 
@@ -21,7 +19,8 @@ export class AppliedLog {
 
   static async open (nc: NatsConnection, n: Names, region: string, streamMaxAgeMs: number, replicas: number): Promise<AppliedLog> {
     return new AppliedLog(await RegionRecords.open(nc, n.appliedBucket, region, {
-      ttlMs: streamMaxAgeMs + APPLIED_TTL_MARGIN_MS,
+      // Kept longer than events, so no redelivery can outlive the record that it was applied.
+      ttlMs: recordTtlMs(streamMaxAgeMs),
       replicas,
       description: 'regionsync: event ids applied per region'
     }))

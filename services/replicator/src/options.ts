@@ -45,11 +45,11 @@ export interface ReplicatorOptions {
   stream?: Partial<StreamSettings>
   /** Where the region's consumers start when first created. @default 'first' */
   from?: StartFrom | string
-  /** How long JetStream waits for an ack before redelivering. @default 30000 */
+  /** How long JetStream waits for an ack before redelivering. @default 5000 (DEFAULT_ACK_WAIT_MS) */
   ackWaitMs?: number
   /** Timeout of one replay request. @default 10000 */
   requestTimeoutMs?: number
-  /** Keep-alive connections to the target. @default the concurrency */
+  /** Keep-alive connections to the target. @default the concurrency (256) */
   connections?: number
   retry?: Partial<RetrySchedule>
   /** Statuses that count as already applied, per method. @default { DELETE: [404, 410], POST: [409] } */
@@ -61,7 +61,7 @@ export interface ReplicatorOptions {
   instance?: string
   /** Replays in flight at once in this instance. @default 256 */
   concurrency?: number
-  /** Events in flight per owned partition; 1 applies a partition one event at a time. @default 256 */
+  /** Events in flight per owned partition; 1 applies a partition one event at a time. @default 64 */
   window?: number
   /** Replays a second this instance sends at most (a token bucket); 0 for no limit. @default 0 */
   maxRps?: number

@@ -1,4 +1,4 @@
-import type { Logger } from '@regionsync/shared'
+import { retryUntil, type Logger } from '@regionsync/shared'
 import type { AckHandle, Delivery, PullRequest } from './pull-stream.js'
 
 /** One event of an owned partition, from its delivery (or the takeover's read) to its ack. */
@@ -250,15 +250,11 @@ export class PartitionWorker {
 
   /** Retries a NATS read until it answers; null when ownership ended meanwhile. */
   async #retrying<T> (fn: () => Promise<T>): Promise<T | null> {
-    for (let attempt = 1; ; attempt++) {
-      if (this.#stopping === 'lost' || !this.#d.owns()) return null
-      try {
-        return await fn()
-      } catch (err) {
-        if (attempt === 1) this.#d.log.warn({ err, partition: this.partition }, 'could not read the applied log; retrying')
-        await this.#sleep(Math.min(2000, 100 * attempt))
-      }
-    }
+    return await retryUntil(async () => this.#stopping === 'lost' || !this.#d.owns() ? null : await fn(), {
+      delayMs: (attempt) => Math.min(2000, 100 * attempt),
+      onRetry: (err, attempt) => { if (attempt === 1) this.#d.log.warn({ err, partition: this.partition }, 'could not read the applied log; retrying') },
+      sleep: async (ms) => { await this.#sleep(ms) }
+    })
   }
 
   async #finish (e: Entry, step: Step & { kind: 'done' | 'dead' }): Promise<void> {

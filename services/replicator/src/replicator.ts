@@ -2,13 +2,13 @@ import { setMaxListeners } from 'node:events'
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import type { Subscription } from '@nats-io/transport-node'
 import {
-  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
-  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, serverMaxPayload,
+  EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, errorCodeOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
+  isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, retryUntil, serverMaxPayload,
   type Logger, type Names, type RegionLag, type RegionsyncEvent, type Signer, type WriteCoalescer
 } from '@regionsync/shared'
-import { buildReplay, TargetClient, UndecryptableError, type Replay, type TargetSettings } from './applier.js'
+import { buildReplay, TargetClient, type Replay, type TargetSettings } from './applier.js'
 import { CircuitBreaker, isTargetDown, type BreakerState } from './circuit-breaker.js'
-import { gatherStatus, type RegionStatus } from './cluster-status.js'
+import { gatherStatus, type RegionStatus, type ReplicatorStatus } from './cluster-status.js'
 import { isSuperseded, loadDeadLetter, publishDeadLetter } from './dead-letter.js'
 import { REPLAY_OUTCOME_HEADER, admit, dead, judge, type DeadVerdict, type Sent, type Verdict } from './event-verdict.js'
 import { AppliedLog } from './idempotency.js'
@@ -18,39 +18,9 @@ import { DEFAULT_LAG_CACHE_MS, parseReplicatorOptions, type ParsedReplicatorOpti
 import { PartitionOwnership } from './ownership.js'
 import { PartitionWorker, type Entry, type Step, type StoredEvent } from './partition-worker.js'
 import { PullStream } from './pull-stream.js'
-import { Semaphore, TokenBucket } from './rate-limit.js'
+import { Semaphore } from './semaphore.js'
+import { TokenBucket } from './token-bucket.js'
 import { ReplayTracing } from './replay-tracing.js'
-
-export interface ReplicatorStatus {
-  region: string
-  instance: string
-  /** The target's origin; never its credential. */
-  target: string
-  connected: boolean
-  ready: boolean
-  partitions: number
-  /** Partitions this instance owns now. */
-  owned: number[]
-  /** Live instances of the region, as this one sees them (itself included). */
-  instances: number
-  /** Events in flight per owned partition (1: one at a time). */
-  window: number
-  /** How ownership is decided and enforced on this server. */
-  ownership: string
-  pending: number
-  lagSeconds: number
-  oldestPendingAt: string | null
-  applied: number
-  /** Events applied per second over the last 10 seconds. */
-  appliedPerSecond: number
-  retries: number
-  deadLetters: number
-  /** Writes made in this region itself that this instance acknowledged without a replay, since it started. */
-  ownOrigin: number
-  breaker: BreakerState
-  lastError: { at: string, message: string } | null
-  startedAt: string
-}
 
 export interface DlqReplayResult {
   dlqSeq: number
@@ -167,7 +137,10 @@ export class Replicator {
     this.#subscriptions.push(
       nc.subscribe(this.#n.statusSubject, {
         callback: (err, msg) => {
-          if (err !== null) return
+          if (err !== null) {
+            this.#log.warn({ err }, 'status subscription failed')
+            return
+          }
           this.status().then((s) => msg.respond(JSON.stringify(s)), (e: unknown) => this.#log.warn({ err: e }, 'could not answer a status request'))
         }
       }),
@@ -354,16 +327,11 @@ export class Replicator {
    * let the redelivery be deduplicated.
    */
   async #record (eventId: string, outcome: string): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await (this.#applied as AppliedLog).record(eventId, outcome)
-        return
-      } catch (err) {
-        if (this.#closing !== null) throw err
-        if (attempt === 1) this.#log.warn({ err, eventId }, 'could not record an applied event yet; retrying')
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * attempt)))
-      }
-    }
+    await retryUntil(async () => { await (this.#applied as AppliedLog).record(eventId, outcome) }, {
+      retryable: () => this.#closing === null,
+      delayMs: (attempt) => Math.min(5000, 250 * attempt),
+      onRetry: (err, attempt) => { if (attempt === 1) this.#log.warn({ err, eventId }, 'could not record an applied event yet; retrying') }
+    })
   }
 
   /**
@@ -396,7 +364,7 @@ export class Replicator {
       replay = buildReplay(t.path === event.path ? event : { ...event, path: t.path }, this.#target, this.#signer, at.fence ? at.seq : null)
     } catch (err) {
       if (isRegionsyncError(err, ErrorCode.BadPath)) return this.#dead(dead('bad-path', err.message))
-      if (err instanceof UndecryptableError || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', (err as Error).message))
+      if (isRegionsyncError(err, ErrorCode.Undecryptable) || isRegionsyncError(err, ErrorCode.MalformedEvent)) return this.#dead(dead('undecryptable', err.message))
       throw err
     }
     // Every create's answer is read: the target may have given the resource another id (I8).
@@ -464,8 +432,9 @@ export class Replicator {
         timer()
       }
     } catch (err) {
-      const code = (err as { code?: string }).code
-      return { status: null, headers: {}, excerpt: '', failure: `request failed (attempt ${attempt}): ${code ?? (err as Error).message}`, aborted: abort.aborted }
+      // The transport's own code (ECONNREFUSED, UND_ERR_HEADERS_TIMEOUT) says more than its message.
+      const detail = isRegionsyncError(err, ErrorCode.TargetUnreachable) ? err.message : errorCodeOf(err) ?? String(err instanceof Error ? err.message : err)
+      return { status: null, headers: {}, excerpt: '', failure: `request failed (attempt ${attempt}): ${detail}`, aborted: abort.aborted }
     } finally {
       release()
     }

@@ -1,5 +1,5 @@
-import type { JetStreamManager, MsgRequest } from '@nats-io/jetstream'
-import { isNotFound, regionLag, type Names } from '@regionsync/shared'
+import type { JetStreamManager } from '@nats-io/jetstream'
+import { isNotFound, nextBySubject, regionLag, type Names } from '@regionsync/shared'
 
 /** How often a recheck asks JetStream whether a region has caught up. */
 const CATCH_UP_POLL_MS = 200
@@ -60,14 +60,7 @@ export async function waitApplied (jsm: JetStreamManager, n: Names, region: stri
 
 /** Sequence of the first event on a partition at or after `seq`, or null. */
 async function nextOnPartition (jsm: JetStreamManager, n: Names, partition: number, seq: number): Promise<number | null> {
-  try {
-    // As in lag.ts: the server answers next_by_subj on STREAM.MSG.GET, 2.9 included.
-    const msg = await jsm.streams.getMessage(n.eventStream, { next_by_subj: n.partitionFilter(partition), seq } as unknown as MsgRequest)
-    return msg === null ? null : msg.seq
-  } catch (err) {
-    if (isNotFound(err)) return null
-    throw err
-  }
+  return (await nextBySubject(jsm, n.eventStream, n.partitionFilter(partition), seq))?.seq ?? null
 }
 
 /** Sequence of the last message on one exact subject, 0 when it has none. */

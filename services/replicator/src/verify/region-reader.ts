@@ -1,6 +1,7 @@
 import { VerifyReadError } from '@regionsync/shared'
 import { Agent, request, type Dispatcher } from 'undici'
-import { Semaphore, TokenBucket } from '../rate-limit.js'
+import { Semaphore } from '../semaphore.js'
+import { TokenBucket } from '../token-bucket.js'
 import type { Paging, RegionEndpoint, TypeConfig } from './config.js'
 import { pick } from './normalise.js'
 

@@ -1,6 +1,6 @@
-import type { JetStreamManager, MsgRequest } from '@nats-io/jetstream'
-import { isNotFound, partitionOf, type Logger, type Names } from '@regionsync/shared'
-import { Semaphore } from '../rate-limit.js'
+import type { JetStreamManager } from '@nats-io/jetstream'
+import { partitionOf, walkSubject, type Logger, type Names } from '@regionsync/shared'
+import { Semaphore } from '../semaphore.js'
 import { fillTemplate, type TypeConfig, type VerifyConfig } from './config.js'
 import { mergeSorted } from './merge.js'
 import { canonicalJson, firstDifference, hashOf, omit } from './normalise.js'
@@ -278,23 +278,14 @@ function judge (type: TypeConfig, region: string, id: string, source: unknown, t
 
 /** Whether an event for `resource` lies in the partition between two stream sequences (inclusive). */
 async function touched (nats: VerifyNats, partition: number, from: number, to: number, resource: string): Promise<boolean> {
-  let seq = from
-  for (let i = 0; seq <= to; i++) {
-    if (i >= MAX_EVENTS_SCANNED) return true
-    let msg
-    try {
-      msg = await nats.jsm.streams.getMessage(nats.names.eventStream, { next_by_subj: nats.names.partitionFilter(partition), seq } as unknown as MsgRequest)
-    } catch (err) {
-      if (isNotFound(err)) return false
-      throw err
-    }
-    if (msg === null || msg.seq > to) return false
+  let scanned = 0
+  for await (const msg of walkSubject(nats.jsm, nats.names.eventStream, nats.names.partitionFilter(partition), from, to)) {
+    if (scanned++ >= MAX_EVENTS_SCANNED) return true
     try {
       if (msg.json<{ resource?: unknown }>().resource === resource) return true
     } catch {
       // Not an event anyone applies; it cannot have changed the resource.
     }
-    seq = msg.seq + 1
   }
   return false
 }

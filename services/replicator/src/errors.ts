@@ -1,3 +1,0 @@
-export {
-  ErrorCode, RegionsyncError, InvalidOptionError, MalformedEventError, BadSignatureError, BadPathError, VerifyReadError, isRegionsyncError
-} from '@regionsync/shared'
