@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PATH:/usr/local/sbin:/usr/sbin"
-exec node services/replicator/bin/regionsync.js demo "$@"
+exec node examples/dist/demo-main.js "$@"

@@ -151,6 +151,25 @@ describe('regionsync replicate', () => {
     expect(lines[0]).toContain('--metrics-port')
   })
 
+  it('a signing key that does not verify the stream\'s newest event refuses to start, one line naming --signing-key', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const r = await replicator('eu', ns, t.url)
+    await new EventPublisher(await connection(), ns, r.partitions, SIGNING_KEY).publish(newEvent())
+    const res = await run(['replicate', '--region', 'ap', '--target', t.url, '--signing-key', randomBytes(32).toString('hex'), '--nats', h.nats.url,
+      '--namespace', ns, '--metrics-port', '0'])
+    expect(res.code).toBe(2)
+    const lines = res.stderr.split('\n').filter((l) => l !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain('--signing-key')
+    expect(res.stdout).not.toContain('replicator started')
+
+    // One forged event on top of genuine ones does not stop a replicator with the right key.
+    await new EventPublisher(await connection(), ns, r.partitions, randomBytes(32).toString('hex')).publish(newEvent())
+    const right = start(['replicate', '--region', 'ap', '--target', t.url, '--signing-key', SIGNING_KEY, '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0'])
+    await right.metricsPort()
+  })
+
   it('with good flags it serves /healthz and /readyz on the port it logs, applies events and exits 0 on SIGTERM', async () => {
     const ns = uniqueNamespace()
     const t = await target()
@@ -255,7 +274,7 @@ describe('regionsync status', () => {
     const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
     expect(table.code).toBe(0)
     const rows = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
-    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'LAST ERROR'])
+    expect(rows[0]).toEqual(['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'OWN WRITES', 'LAST ERROR'])
     expect(rows).toHaveLength(3)
     const ap3 = rows.find((r) => r[0] === 'ap')
     const eu0 = rows.find((r) => r[0] === 'eu')
@@ -274,6 +293,51 @@ describe('regionsync status', () => {
     expect(parsed[0]!.oldestPendingAt).not.toBeNull()
     expect(parsed[1]!.oldestPendingAt).toBeNull()
     expect(parsed[1]!.instances[0]!.applied).toBe(3)
+  })
+})
+
+describe('regionsync status: own writes', () => {
+  it('counts a region\'s own writes as own writes, never as pending', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const eu = await replicator('eu', ns, t.url)
+    const pub = new EventPublisher(await connection(), ns, eu.partitions, SIGNING_KEY)
+    for (let i = 0; i < 2; i++) await pub.publish(newEvent({ origin: 'eu', resource: `users/own-${i}` }))
+    const rows = await waitFor('eu to acknowledge its own writes', async () => {
+      const res = await run(['status', '--json', '--nats', h.nats.url, '--namespace', ns])
+      const parsed = JSON.parse(res.stdout) as Array<{ region: string, pending: number, ownOrigin: number | null }>
+      return parsed[0]?.ownOrigin === 2 ? parsed : undefined
+    })
+    expect(rows).toMatchObject([{ region: 'eu', pending: 0, ownOrigin: 2 }])
+    expect(t.requests).toHaveLength(0)
+    const table = await run(['status', '--nats', h.nats.url, '--namespace', ns])
+    const [header, row] = table.stdout.trim().split('\n').map((l) => l.trim().split(/\s{2,}/))
+    expect(row?.[header?.indexOf('OWN WRITES') ?? -1]).toBe('2')
+  })
+})
+
+describe('regionsync region remove', () => {
+  it('removes a stopped region\'s consumers and records, so status no longer shows it; refuses a live region, and without --yes off a terminal', async () => {
+    const ns = uniqueNamespace()
+    const t = await target()
+    const eu = await replicator('eu', ns, t.url)
+    const ap = await replicator('ap', ns, t.url)
+    const common = ['--nats', h.nats.url, '--namespace', ns]
+
+    const live = await run(['region', 'remove', 'eu', '--yes', ...common])
+    expect(live.code).toBe(2)
+    expect(live.stderr).toContain('live replicator')
+    await eu.close()
+    const unconfirmed = await run(['region', 'remove', 'eu', ...common])
+    expect(unconfirmed.code).toBe(2)
+    expect(unconfirmed.stderr).toContain('--yes')
+
+    const removed = await run(['region', 'remove', 'eu', '--yes', ...common])
+    expect(removed.code).toBe(0)
+    expect(removed.stdout).toContain(`region eu removed: ${eu.partitions} consumers`)
+    const status = JSON.parse((await run(['status', '--json', ...common])).stdout) as Array<{ region: string }>
+    expect(status.map((r) => r.region)).toEqual(['ap'])
+    expect(ap.region).toBe('ap')
   })
 })
 
@@ -306,5 +370,45 @@ describe('regionsync dlq list', () => {
 
     const other = await run(['dlq', 'list', '--region', 'ap', '--nats', h.nats.url, '--namespace', ns])
     expect(other.stdout.trim()).toBe('no dead letters for region ap')
+  })
+})
+
+describe('help', () => {
+  const commands = [[], ['replicate'], ['status'], ['dlq'], ['dlq', 'list'], ['dlq', 'replay'], ['verify'], ['ids'], ['ids', 'map'], ['region'], ['region', 'remove'], ['demo']]
+
+  it.each(commands.map((c) => [c.join(' ') || '(root)', c] as const))('%s --help prints its flags with their variables and the exit codes, and exits 0 without running', async (_name, command) => {
+    const res = await run([...command, '--help'])
+    expect(res.code).toBe(0)
+    expect(res.stderr).toBe('')
+    expect(res.stdout).toContain(`Usage: regionsync${command.length === 0 ? '' : ` ${command.join(' ')}`}`)
+    expect(res.stdout).toContain('Exit codes:')
+    expect(res.stdout).toContain('2  bad configuration')
+  })
+
+  it('replicate --help lists every flag with its environment variable', async () => {
+    const res = await run(['replicate', '--help'])
+    const help = res.stdout.replace(/\s+/g, ' ')
+    for (const [f, env] of [['--region', 'REGIONSYNC_REGION'], ['--target', 'REGIONSYNC_TARGET_URL'], ['--nats', 'NATS_URL'], ['--namespace', 'REGIONSYNC_NAMESPACE'],
+      ['--metrics-port', 'REGIONSYNC_METRICS_PORT'], ['--metrics-host', 'REGIONSYNC_METRICS_HOST'], ['--signing-key', 'REGIONSYNC_SIGNING_KEY'], ['--dev', 'REGIONSYNC_DEV'],
+      ['--target-token', 'REGIONSYNC_TARGET_TOKEN'], ['--from', 'REGIONSYNC_FROM'], ['--window', 'REGIONSYNC_WINDOW']]) {
+      expect(help).toContain(f)
+      expect(help).toContain(`env: ${env as string}`)
+    }
+  })
+
+  it('no command prints the usage on stderr and exits 2; an unknown command exits 2 with one line', async () => {
+    const none = await run([])
+    expect(none.code).toBe(2)
+    expect(none.stderr).toContain('Usage: regionsync')
+    const unknown = await run(['replicat'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr.trim().split('\n')).toHaveLength(1)
+    expect(unknown.stderr).toContain('replicate')
+  })
+
+  it('REGIONSYNC_DEV=0 does not turn dev mode on', async () => {
+    const res = await run(['replicate', '--region', 'eu', '--target', 'http://127.0.0.1:9', '--nats', h.nats.url], childEnv({ REGIONSYNC_DEV: '0' }))
+    expect(res.code).toBe(2)
+    expect(res.stderr).toContain('--signing-key')
   })
 })

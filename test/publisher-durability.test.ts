@@ -722,3 +722,55 @@ describe('I5: sealed bodies', () => {
   })
 })
 
+
+describe('publisher: an API that starts while NATS is down', () => {
+  it('registers and serves, spools, and once NATS is back every write it acknowledged, before and after a restart in the outage, reaches the other region', async () => {
+    const ns = uniqueNamespace()
+    const spoolDir = await mkdtemp(join(tmpdir(), 'regionsync-spool-'))
+    h.defer(async () => await rm(spoolDir, { recursive: true, force: true }))
+    const acknowledged: string[] = []
+    const api = async (spool: RegionsyncPluginOptions['spool'] = { dir: spoolDir }): Promise<FastifyInstance> => {
+      const app = Fastify({ logger: false }) as unknown as FastifyInstance
+      await app.register(regionsync, { region: 'us', nats: { servers: h.nats.url }, signingKey: SIGNING_KEY, namespace: ns, spool })
+      app.post('/v3/things', async (_req, reply) => await reply.code(201).send({ id: randomBytes(8).toString('hex') }))
+      await app.ready()
+      return app
+    }
+    const write = async (app: FastifyInstance, name: string): Promise<void> => {
+      const res = await app.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ name }) })
+      if (res.statusCode === 201) acknowledged.push(name)
+    }
+
+    const first = await api()
+    expect(first.regionsync.connected).toBe(true)
+    await write(first, 'before-outage')
+    await h.nats.kill()
+    try {
+      await write(first, 'during-outage-1')
+      await first.close()
+      // Restarted during the outage: it registers, serves and spools.
+      const second = await api()
+      h.defer(async () => await second.close())
+      expect(second.regionsync.connected).toBe(false)
+      await write(second, 'after-restart-1')
+      await write(second, 'after-restart-2')
+      // Without a spool there is nowhere to keep a write: the register fails, naming the option.
+      const noSpool = await api(false).then(() => null, (err: unknown) => err)
+      expect(noSpool).toMatchObject({ code: 'REGIONSYNC_E_INVALID_OPTION', option: 'nats.servers' })
+      expect(String((noSpool as Error).message).split('\n')).toHaveLength(1)
+      expect(second.regionsync.spooled).toBe(3)
+    } finally {
+      await h.nats.restart()
+    }
+    expect(acknowledged).toEqual(['before-outage', 'during-outage-1', 'after-restart-1', 'after-restart-2'])
+
+    const target = await TestTarget.start()
+    h.defer(async () => await target.close())
+    const r = await startReplicator(await h.connection(), { region: 'eu', target: target.url, namespace: ns })
+    h.defer(async () => await r.close())
+    await waitFor('every acknowledged write at the other region', () => {
+      const got = target.requests.map((q) => (JSON.parse(q.body.toString()) as { name: string }).name)
+      return acknowledged.every((name) => got.includes(name))
+    }, 30_000)
+  })
+})

@@ -1,11 +1,11 @@
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import regionsync, { type RegionsyncPluginOptions } from '@regionsync/publisher'
+import regionsync, { type RegionsyncPluginOptions, type RegionsyncReplay } from '@regionsync/publisher'
 import {
   EVENT_SIGNATURE_HEADER, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
   createSigner, decodeEvent, eventBody, names, partitionOf, type RegionsyncEvent
@@ -605,6 +605,27 @@ describe('publisher: replays and credentials', () => {
     const metrics = await s.app.regionsync.registry.metrics()
     expect(metrics).toContain('regionsync_replays_received_total{region="us",outcome="applied"} 1')
     expect(metrics).not.toMatch(/regionsync_events_published_total\{region="us"\} [1-9]/)
+  })
+
+  it('request.regionsync carries a genuine replay\'s created id; a client request, or a forged replay, has none', async () => {
+    const seen: Array<RegionsyncReplay | null> = []
+    const s = await setup((app) => {
+      app.post('/v3/users', async (request, reply) => {
+        seen.push(request.regionsync)
+        return await reply.code(201).send({ user: { id: request.regionsync?.createdId ?? randomUUID() } })
+      })
+    })
+    // The replicator put the source's id into the body, as it does for a create (the default createdId, one wrapper deep).
+    const body = '{"user":{"id":"u-from-us","name":"ann"}}'
+    const replayed = await s.app.inject({ method: 'POST', url: '/v3/users', headers: replayHeaders(body, { eventId: 'evt-create' }), payload: body })
+    expect(replayed.json()).toEqual({ user: { id: 'u-from-us' } })
+    expect(seen[0]).toEqual({ eventId: 'evt-create', origin: 'eu', createdId: 'u-from-us' })
+
+    // A client that sends an id, even with replay headers that do not verify, gets a fresh one.
+    const client = await s.app.inject({ method: 'POST', url: '/v3/users', headers: json, payload: body })
+    const forged = await s.app.inject({ method: 'POST', url: '/v3/users', headers: { ...replayHeaders(body, { eventId: 'evt-2' }), [REPLAY_SIGNATURE_HEADER]: 'garbage' }, payload: body })
+    for (const res of [client, forged]) expect(res.json().user.id).not.toBe('u-from-us')
+    expect(seen.slice(1)).toEqual([null, null])
   })
 
   it('I6: publishes a write whose replay signature is forged, stale, or for another body or method', async () => {

@@ -6,8 +6,8 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { Replicator, formatVerifyReport, parseVerifyConfig, runVerify } from '@regionsync/replicator'
-import { connectNats, createLogger, names, regionLag, type RegionLag } from '@regionsync/shared'
+import { Replicator, formatVerifyReport, parseVerifyConfig, runVerify, startMetricsServer, type MetricsServer } from '@regionsync/replicator'
+import { connectNats, createLogger, names, regionLag, type Logger, type RegionLag } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { buildIdentityApi, type IdentityState } from './identity-api.js'
@@ -18,6 +18,11 @@ interface Io { out: (line: string) => void, err: (line: string) => void, env: Re
 const SOURCE = 'us'
 const TARGETS = ['eu', 'ap'] as const
 const INSTANCES_PER_REGION = 2
+/**
+ * Where each region's dashboard and /metrics are served: eu on the replicator's default port, so
+ * the README's `http://localhost:9464/` is the demo's; a port in use falls back to a free one.
+ */
+const DASHBOARD_PORTS: Record<string, number> = { eu: 9464, ap: 9465 }
 const CONCURRENCY = 16
 const INSTALL_HINT = 'nats-server not found: install it with `apt-get install nats-server` (Debian/Ubuntu), `brew install nats-server` (macOS), or run `docker compose up nats`'
 const DATA_DIR = fileURLToPath(new URL('../../.data/', import.meta.url))
@@ -41,6 +46,7 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
   const signingKey = randomBytes(32).toString('hex')
   const apps: FastifyInstance[] = []
   const replicators: Replicator[] = []
+  const dashboards: MetricsServer[] = []
   try {
     io.out(`regionsync demo: NATS at ${nats.url}${nats.started ? ' (started for the demo)' : ''}, namespace ${namespace}`)
     const api = async (region: string, token?: string): Promise<string> => {
@@ -62,6 +68,13 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
       }
     }
     io.out(`source ${SOURCE} ${sourceUrl}; ${targets.map((t) => `${t.region} ${t.url}`).join('; ')}; ${INSTANCES_PER_REGION} replicators per region`)
+    for (const region of TARGETS) {
+      const first = replicators.find((r) => r.region === region) as Replicator
+      const server = await dashboardOf(first, DASHBOARD_PORTS[region] ?? 0, log)
+      dashboards.push(server)
+      io.out(`${region} lag dashboard http://127.0.0.1:${server.port}/  metrics http://127.0.0.1:${server.port}/metrics`)
+    }
+    io.out(`every region's lag from a shell: npx regionsync status --nats ${nats.url} --namespace ${namespace}`)
 
     const jsm = await jetstreamManager(nats.nc)
     const n = names(namespace)
@@ -117,12 +130,23 @@ export async function runDemo (args: string[], io: Io): Promise<number> {
     }
     return allMatch ? 0 : 1
   } finally {
+    for (const d of dashboards) await d.close()
     for (const r of replicators) await r.close()
     for (const app of apps) await app.close()
     await removeNamespace(nats.nc, namespace).catch(() => {})
     rmSync(`${DATA_DIR}${namespace}`, { recursive: true, force: true })
     await nats.nc.close()
     nats.stop()
+  }
+}
+
+/** The region's dashboard on its fixed port, or on a free one when that is taken. */
+async function dashboardOf (replicator: Replicator, port: number, log: Logger): Promise<MetricsServer> {
+  try {
+    return await startMetricsServer(replicator, port, '127.0.0.1', log)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
+    return await startMetricsServer(replicator, 0, '127.0.0.1', log)
   }
 }
 

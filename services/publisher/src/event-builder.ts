@@ -38,9 +38,10 @@ export class EventBuilder {
   readonly #o: ParsedOptions
   readonly #n: Names
   readonly #signer: Signer
-  readonly #partitions: number
+  readonly #partitions: () => number | null
 
-  constructor (o: ParsedOptions, n: Names, signer: Signer, partitions: number) {
+  /** `partitions` is null until the plugin has reached NATS; events built before then carry no subject. */
+  constructor (o: ParsedOptions, n: Names, signer: Signer, partitions: () => number | null) {
     this.#o = o
     this.#n = n
     this.#signer = signer
@@ -73,7 +74,9 @@ export class EventBuilder {
       if (Object.keys(forwarded).length > 0) event.sealedHeaders = sealHeaders(this.#o.encryptionKey, event.id, forwarded)
     }
     const data = encodeEvent(event)
-    return { subject: this.#n.eventSubject(partitionOf(key, this.#partitions), this.#o.region), data, signature: this.#signer.signEvent(data), msgId: event.id }
+    const partitions = this.#partitions()
+    const subject = partitions === null ? null : this.#n.eventSubject(partitionOf(key, partitions), this.#o.region)
+    return { subject, key, data, signature: this.#signer.signEvent(data), msgId: event.id }
   }
 }
 

@@ -25,37 +25,47 @@ export interface Admission {
   release: () => void
 }
 
+/** Where an event without a subject goes: its partition's subject, once the partition count is known. */
+export type SubjectOf = (key: string) => string
+
 /**
  * Gets every event into JetStream, in order, without losing one (I1). While JetStream answers and
  * nothing is spooled, an event is published and its ack awaited before the 2xx. When JetStream is
  * unreachable or slow, or anything is already spooled (so a newer event never overtakes an older
  * one), the event goes to the spool, durable on disk before the 2xx, and a drain loop publishes the
- * spool oldest first, with the same Nats-Msg-Id, as soon as NATS is back.
+ * spool oldest first, with the same Nats-Msg-Id, as soon as NATS is back. Created without a
+ * connection (the plugin registered while NATS was unreachable), it spools everything until
+ * `attach()` gives it one.
  */
 export class EventPublisher {
   readonly #s: EventPublisherSettings
-  readonly #nc: NatsConnection
-  readonly #acks: InboxClient
+  #acks: InboxClient | null = null
+  #subjectOf: SubjectOf | null = null
   readonly #spool: Spool | null
   readonly #metrics: PublisherMetrics
   readonly #log: FastifyBaseLogger
-  #connected = true
+  #connected = false
   #inFlight = 0
   #draining: Promise<void> | null = null
   #drainTimer: NodeJS.Timeout | null = null
   #closed = false
 
-  constructor (s: EventPublisherSettings, nc: NatsConnection, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
+  constructor (s: EventPublisherSettings, spool: Spool | null, metrics: PublisherMetrics, log: FastifyBaseLogger) {
     this.#s = s
-    this.#nc = nc
-    this.#acks = new InboxClient(nc)
     this.#spool = spool
     this.#metrics = metrics
     this.#log = log
     metrics.spoolEvents.set({ region: s.region }, spool?.size ?? 0)
-    this.#watchConnection().catch((err) => log.warn({ err }, 'regionsync NATS status watch ended'))
-    if (spool !== null && !spool.isEmpty) {
-      log.info({ spooled: spool.size }, 'regionsync draining a spool left by an earlier process')
+  }
+
+  /** Starts publishing on `nc`: the spool first, oldest first. */
+  attach (nc: NatsConnection, subjectOf: SubjectOf): void {
+    this.#acks = new InboxClient(nc)
+    this.#subjectOf = subjectOf
+    this.#connected = !nc.isClosed()
+    this.#watchConnection(nc).catch((err) => this.#log.warn({ err }, 'regionsync NATS status watch ended'))
+    if (this.#spool !== null && !this.#spool.isEmpty) {
+      this.#log.info({ spooled: this.#spool.size }, 'regionsync draining the spool')
       this.kick()
     }
   }
@@ -64,8 +74,8 @@ export class EventPublisher {
     return this.#spool?.size ?? 0
   }
 
-  async #watchConnection (): Promise<void> {
-    for await (const s of this.#nc.status()) {
+  async #watchConnection (nc: NatsConnection): Promise<void> {
+    for await (const s of nc.status()) {
       if (s.type === 'disconnect') {
         this.#connected = false
         this.#log.warn({ server: s.server }, 'regionsync lost NATS; spooling writes')
@@ -115,7 +125,7 @@ export class EventPublisher {
   /** Resolves once the event is acknowledged by JetStream or durable in the spool. */
   async submit (event: SpooledEvent): Promise<'published' | 'spooled'> {
     if (this.#closed) throw new PublishError('regionsync is closing')
-    if (this.#spool === null || (this.#spool.isEmpty && this.#draining === null && this.#connected)) {
+    if (this.#spool === null || (this.#spool.isEmpty && this.#draining === null && this.#connected && this.#acks !== null)) {
       try {
         await this.#publish(event)
         return 'published'
@@ -133,9 +143,12 @@ export class EventPublisher {
   }
 
   async #publish (event: SpooledEvent): Promise<void> {
+    const acks = this.#acks
+    const subjectOf = this.#subjectOf
+    if (acks === null || subjectOf === null) throw new PublishError('regionsync has not reached NATS yet')
     const started = process.hrtime.bigint()
     try {
-      await this.#acks.publish(event.subject, event.data, {
+      await acks.publish(event.subject ?? subjectOf(event.key), event.data, {
         msgId: event.msgId,
         timeoutMs: this.#s.publishTimeoutMs,
         headers: { [EVENT_SIGNATURE_HEADER]: event.signature }
@@ -149,7 +162,7 @@ export class EventPublisher {
 
   /** Starts the drain loop if there is anything to drain and it is not running. */
   kick (): void {
-    if (this.#spool === null || this.#closed || this.#draining !== null || this.#spool.isEmpty) return
+    if (this.#spool === null || this.#closed || this.#acks === null || this.#draining !== null || this.#spool.isEmpty) return
     this.#draining = this.#drain().finally(() => {
       this.#draining = null
       if (this.#spool !== null && !this.#spool.isEmpty && !this.#closed && this.#drainTimer === null) {
@@ -190,7 +203,7 @@ export class EventPublisher {
     this.#closed = true
     if (this.#drainTimer !== null) clearTimeout(this.#drainTimer)
     await this.#draining
-    this.#acks.close()
+    this.#acks?.close()
     await this.#spool?.close()
   }
 }

@@ -3,7 +3,7 @@ import { regionsync } from './plugin.js'
 export default regionsync
 export { regionsync }
 export { FASTIFY_RANGE } from './plugin.js'
-export type { RegionsyncDecorator, RegionsyncPlugin } from './plugin.js'
+export type { RegionsyncDecorator, RegionsyncPlugin, RegionsyncReplay } from './plugin.js'
 export type { RegionsyncPluginOptions, RegionsyncRouteConfig, ResourceKeyFn, ResourceRef, RouteRule } from './options.js'
 export type { PlanRow } from './plan.js'
 export { REPLAY_OUTCOME_HEADER } from './replay-handling.js'

@@ -1,6 +1,9 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_MAX_AGE_MS, InvalidOptionError, connectNats, createSigner, ensureEventStream, loadOtel, names, parseStreamSettings, serverMaxPayload
+  DEFAULT_MAX_AGE_MS, DEFAULT_NATS_URL, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, loadOtel, names,
+  parseStreamSettings, partitionOf, serverMaxPayload
 } from '@regionsync/shared'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -32,17 +35,42 @@ export interface RegionsyncDecorator {
   region: string
   /** The publisher's metrics; mount it on your own /metrics or merge it with your registry. */
   registry: Registry
-  partitions: number
-  maxBodyBytes: number
+  /** False while the plugin has not yet reached NATS (it registered during an outage; writes spool). */
+  readonly connected: boolean
+  /** The event stream's partitions; 0 until connected. */
+  readonly partitions: number
+  /** The largest body a write may have: the event limit of the NATS server (1 MiB max_payload assumed until connected). */
+  readonly maxBodyBytes: number
   /** Events in the outage spool, not yet in JetStream. */
   readonly spooled: number
   /** One row per route registered after the plugin: replicated or not and why, key rule, create, identity. */
   plan: () => PlanRow[]
 }
 
+/**
+ * What the plugin tells a handler about a request that is a genuine replay from another region: set
+ * only after the replay's signature verified (so a client cannot set it), null on every other
+ * request. A create handler takes the source's id from it, so the entity has the same id in every
+ * region: `const id = request.regionsync?.createdId ?? randomUUID()`.
+ */
+export interface RegionsyncReplay {
+  /** The event this request replays (its Idempotency-Key). */
+  eventId: string
+  /** The region the write was made in. */
+  origin: string
+  /**
+   * On a replayed create (a POST on a route with `createdId`), the id the source region gave the
+   * entity, as the replicator put it into the signed body; null otherwise.
+   */
+  createdId: string | null
+}
+
 declare module 'fastify' {
   interface FastifyInstance {
     regionsync: RegionsyncDecorator
+  }
+  interface FastifyRequest {
+    regionsync: RegionsyncReplay | null
   }
   interface FastifyContextConfig {
     regionsync?: false | RegionsyncRouteConfig
@@ -66,6 +94,19 @@ interface Capture {
 const kCapture = Symbol('regionsync.capture')
 type CapturingRequest = FastifyRequest & { [kCapture]: Capture | null }
 const captureOf = (request: FastifyRequest): Capture | null => (request as CapturingRequest)[kCapture]
+
+/** NATS's default max_payload, assumed for the body limit until the server tells its own. */
+const DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+/** Between attempts to reach NATS when the plugin registered without it. */
+const BACKGROUND_CONNECT_RETRY_MS = 1000
+
+/** The largest body an event can carry under a server's max_payload (events carry the body as base64). */
+const bodyLimit = (maxPayload: number): number => Math.floor((maxPayload - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
+
+function serversOf (nats: { servers?: string | string[] }): string {
+  const s = nats.servers ?? DEFAULT_NATS_URL
+  return Array.isArray(s) ? s.join(',') : s
+}
 
 const REFUSALS = {
   'spool-full': 'regionsync cannot take this write: the outage spool is full while JetStream is unreachable; nothing was changed',
@@ -108,53 +149,117 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   const tracing = new PublishTracing(await loadOtel(), o.region)
   if (o.dev) app.log.warn({ region: o.region }, 'regionsync dev mode: events are signed with a well-known key; never use this in production')
 
-  const nc = o.connection ?? await connectNats({ name: `regionsync-publisher-${o.region}`, ...o.nats })
   const n = names(o.namespace)
-  let partitions: number
-  let guard: ReplayGuard | null = null
-  let spool: Spool | null = null
   const settings = parseStreamSettings(o.stream)
-  try {
-    const jsm = await jetstreamManager(nc)
-    const stream = await ensureEventStream(nc, jsm, n, settings)
-    partitions = stream.partitions
-    if (o.replayGuard) {
-      // An answer or a fence must outlive every delivery of its event: the stream's age, and a day.
-      // As many replicas as the stream has, whichever process made it.
-      guard = await ReplayGuard.open(nc, n, { region: o.region, recordTtlMs: (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, replicas: stream.replicas })
-      if (!guard.perKeyTtl) {
-        app.log.info({ server: nc.info?.version }, 'regionsync replay guard: this nats-server has no per-key TTLs (2.11+); released claims are kept for the bucket TTL')
-      }
-    }
-    const serverLimit = Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
-    if (o.maxBodyBytes !== undefined && o.maxBodyBytes > serverLimit) {
-      throw new InvalidOptionError('maxBodyBytes', `expects at most ${serverLimit} bytes, the largest body an event can carry on this NATS server (max_payload ${serverMaxPayload(nc)})`)
-    }
-    if (o.spool !== false) spool = Spool.open(o.spool.dir, o.spool.maxEvents)
-  } catch (err) {
-    guard?.close()
-    if (o.connection === undefined) await nc.close()
-    throw err
-  }
-  const maxBodyBytes = o.maxBodyBytes ?? Math.floor((serverMaxPayload(nc) - EVENT_ENVELOPE_RESERVE_BYTES) * 3 / 4)
   const metrics = createPublisherMetrics(o.registry)
+  const spool = o.spool === false ? null : Spool.open(o.spool.dir, o.spool.maxEvents)
   const publisher = new EventPublisher(
     { region: o.region, publishTimeoutMs: o.publishTimeoutMs, maxInFlight: o.maxInFlight, whenSpoolFull: o.whenSpoolFull },
-    nc, spool, metrics, app.log)
-  const events = new EventBuilder(o, n, signer, partitions)
+    spool, metrics, app.log)
+
+  // Set once NATS was reached and the stream set up (the partition count, the replay guard and
+  // the body limit come from there). Until then writes spool and replays are answered 503.
+  let nc: NatsConnection | null = null
+  let partitions: number | null = null
+  let guard: ReplayGuard | null = null
+  let maxBodyBytes = o.maxBodyBytes ?? bodyLimit(DEFAULT_MAX_PAYLOAD_BYTES)
   let closing = false
-  const replays = new ReplayHandling(guard, metrics, o.region, app.log, () => closing)
+  let closed = false
+
+  /** Stream, partitions, replay guard and body limit on a fresh connection; throws a configuration error as is. */
+  async function setUp (conn: NatsConnection): Promise<void> {
+    let g: ReplayGuard | null = null
+    try {
+      const jsm = await jetstreamManager(conn)
+      const stream = await ensureEventStream(conn, jsm, n, settings)
+      if (o.replayGuard) {
+        // An answer or a fence must outlive every delivery of its event: the stream's age, and a day.
+        // As many replicas as the stream has, whichever process made it.
+        g = await ReplayGuard.open(conn, n, { region: o.region, recordTtlMs: (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, replicas: stream.replicas })
+        if (!g.perKeyTtl) {
+          app.log.info({ server: conn.info?.version }, 'regionsync replay guard: this nats-server has no per-key TTLs (2.11+); released claims are kept for the bucket TTL')
+        }
+      }
+      const serverLimit = bodyLimit(serverMaxPayload(conn))
+      if (o.maxBodyBytes !== undefined && o.maxBodyBytes > serverLimit) {
+        throw new InvalidOptionError('maxBodyBytes', `expects at most ${serverLimit} bytes, the largest body an event can carry on this NATS server (max_payload ${serverMaxPayload(conn)})`)
+      }
+      maxBodyBytes = o.maxBodyBytes ?? serverLimit
+      guard = g
+      partitions = stream.partitions
+      nc = conn
+      const count = stream.partitions
+      publisher.attach(conn, (key) => n.eventSubject(partitionOf(key, count), o.region))
+    } catch (err) {
+      g?.close()
+      throw err
+    }
+  }
+
+  // A register that fails leaves nothing open: the spool's lock would stop the next attempt.
+  const failed = async (err: unknown, conn: NatsConnection | null): Promise<never> => {
+    await publisher.close()
+    await conn?.close()
+    throw err
+  }
+  if (o.connection !== undefined) {
+    await setUp(o.connection).catch(async (err) => await failed(err, null))
+  } else {
+    let first: NatsConnection | null = null
+    try {
+      first = await connectNats({ name: `regionsync-publisher-${o.region}`, ...o.nats })
+    } catch (err) {
+      if (spool === null) {
+        return await failed(new InvalidOptionError('nats.servers', `cannot reach NATS at ${serversOf(o.nats)} (${(err as Error).message}); with spool: false the plugin needs NATS to start`, { cause: err }), null)
+      }
+      app.log.warn({ err, servers: serversOf(o.nats) }, 'regionsync cannot reach NATS; serving, spooling writes, connecting in the background')
+    }
+    if (first !== null) {
+      const conn = first
+      await setUp(conn).catch(async (err) => await failed(err, conn))
+    } else {
+      connectInBackground().catch((err: unknown) => { app.log.error({ err }, 'regionsync background connect ended') })
+    }
+  }
+
+  /** Until NATS answers and the stream is set up; a setup that fails (a stream mismatch) is logged and retried. */
+  async function connectInBackground (): Promise<void> {
+    while (!closed) {
+      await sleep(BACKGROUND_CONNECT_RETRY_MS, undefined, { ref: false })
+      if (closed) return
+      let conn: NatsConnection
+      try {
+        conn = await connectNats({ name: `regionsync-publisher-${o.region}`, ...o.nats })
+      } catch {
+        continue
+      }
+      try {
+        if (closed) throw new Error('closed')
+        await setUp(conn)
+        app.log.info({ partitions, spooled: publisher.spooled }, 'regionsync reached NATS; draining the spool')
+        return
+      } catch (err) {
+        if (!closed) app.log.error({ err }, 'regionsync reached NATS but could not set up the stream; writes keep spooling')
+        await conn.close().catch(() => {})
+      }
+    }
+  }
+
+  const events = new EventBuilder(o, n, signer, () => partitions)
+  const replays = new ReplayHandling(() => guard, metrics, o.region, app.log, () => closing)
   const plan: PlanRow[] = []
 
   app.decorate('regionsync', {
     region: o.region,
     registry: metrics.registry,
-    partitions,
-    maxBodyBytes,
+    get connected () { return nc !== null },
+    get partitions () { return partitions ?? 0 },
+    get maxBodyBytes () { return maxBodyBytes },
     get spooled () { return publisher.spooled },
     plan: () => plan.map((row) => ({ ...row }))
   })
   app.decorateRequest(kCapture as unknown as string, null)
+  app.decorateRequest('regionsync', null)
 
   app.addHook('onRoute', (route: RouteOptions) => {
     const methods = (Array.isArray(route.method) ? route.method : [route.method]).map((m) => m.toUpperCase())
@@ -201,7 +306,8 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       const replay = genuineReplay(request, capture.body, signer)
       if (replay !== null) {
         capture.replay = true
-        if (guard === null) {
+        request.regionsync = { eventId: replay.eventId, origin: replay.origin, createdId: replayedCreatedId(request, capture.route) }
+        if (!o.replayGuard) {
           replays.appliedUnguarded()
           return
         }
@@ -278,10 +384,19 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
   // Set before the server waits for in-flight requests, so none waits on JetStream forever.
   app.addHook('preClose', async () => { closing = true })
   app.addHook('onClose', async () => {
+    closed = true
     await publisher.close()
     guard?.close()
-    if (o.connection === undefined && !nc.isClosed()) await nc.drain()
+    // Drain refuses while NATS is down; what the publisher did not send is in the spool already.
+    const own = o.connection === undefined ? nc : null
+    if (own !== null && !own.isClosed()) await own.drain().catch(async () => { await own.close() })
   })
+}
+
+/** The source's id in a replayed create's body (covered by the replay's signature), where the route's `createdId` says it is. */
+function replayedCreatedId (request: FastifyRequest, route: CoveredRoute): string | null {
+  if (request.method !== 'POST' || route.createdId === false) return null
+  return findCreatedId(request.body, route.createdId, route.defaultCreatedId)?.id ?? null
 }
 
 function toArray<T> (v: T | T[] | undefined): T[] {

@@ -6,7 +6,8 @@ export interface PublishTrace {
   /** What the event carries: the publish span's context, else the source request's; null when neither. */
   trace: EventTrace | null
   /** Ends the span (an error marks it failed). */
-  end: (sent: { subject: string, msgId: string } | null, err?: unknown) => void
+  /** `subject` is null for an event spooled before the plugin first reached NATS. */
+  end: (sent: { subject: string | null, msgId: string } | null, err?: unknown) => void
 }
 
 const NO_SPAN = (): void => {}
@@ -58,7 +59,7 @@ export class PublishTracing {
     return {
       trace,
       end (sent, err) {
-        if (sent !== null) span.setAttributes({ 'messaging.destination.name': sent.subject, 'messaging.message.id': sent.msgId })
+        if (sent !== null) span.setAttributes({ ...(sent.subject !== null ? { 'messaging.destination.name': sent.subject } : {}), 'messaging.message.id': sent.msgId })
         if (err !== undefined) {
           span.recordException(err instanceof Error ? err : String(err))
           span.setStatus({ code: otel.SpanStatusCode.ERROR })

@@ -15,6 +15,7 @@ const RECORD_RETRY_MS = 250
 /** A genuine replay: what its signature covers. */
 export interface GenuineReplay {
   eventId: string
+  origin: string
   seq: number | null
   resource: string
 }
@@ -38,7 +39,7 @@ export function genuineReplay (request: FastifyRequest, body: Buffer | null, sig
   } catch {
     return null
   }
-  return signer.verifyReplay({ eventId: id, origin, method: request.method, body, seq, resource }, sig) ? { eventId: id, seq, resource } : null
+  return signer.verifyReplay({ eventId: id, origin, method: request.method, body, seq, resource }, sig) ? { eventId: id, origin, seq, resource } : null
 }
 
 const MESSAGES = {
@@ -53,13 +54,14 @@ const MESSAGES = {
  * leaves; after anything else, the claim given back for a retry.
  */
 export class ReplayHandling {
-  readonly #guard: ReplayGuard | null
+  readonly #guard: () => ReplayGuard | null
   readonly #metrics: PublisherMetrics
   readonly #region: string
   readonly #log: FastifyBaseLogger
   readonly #closing: () => boolean
 
-  constructor (guard: ReplayGuard | null, metrics: PublisherMetrics, region: string, log: FastifyBaseLogger, closing: () => boolean) {
+  /** `guard` is null until the plugin has reached NATS, and always when the guard is off. */
+  constructor (guard: () => ReplayGuard | null, metrics: PublisherMetrics, region: string, log: FastifyBaseLogger, closing: () => boolean) {
     this.#guard = guard
     this.#metrics = metrics
     this.#region = region
@@ -73,10 +75,11 @@ export class ReplayHandling {
    * refused with a thrown error (409, 422, 503) the replicator retries or dead-letters on its code.
    */
   async before (replay: GenuineReplay, body: Buffer | null, reply: FastifyReply): Promise<Claim | null> {
-    if (this.#guard === null) return null
+    const guard = this.#guard()
     let verdict
     try {
-      verdict = await this.#guard.claim(replay.eventId, body, replay.seq, replay.resource)
+      if (guard === null) throw new Error('regionsync has not reached NATS yet')
+      verdict = await guard.claim(replay.eventId, body, replay.seq, replay.resource)
     } catch (err) {
       this.#log.warn({ err, eventId: replay.eventId }, 'regionsync could not claim a replay')
       this.#count('unavailable')
@@ -115,7 +118,7 @@ export class ReplayHandling {
    * waiting for JetStream if it must; anything else gives the claim back.
    */
   async after (claim: Claim, reply: FastifyReply, payload: unknown): Promise<void> {
-    const guard = this.#guard as ReplayGuard
+    const guard = this.#guard() as ReplayGuard
     if (reply.statusCode < 200 || reply.statusCode > 299) {
       this.#count('released')
       await guard.release(claim).catch((err: unknown) => {

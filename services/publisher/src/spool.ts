@@ -3,14 +3,22 @@ import { open, type RootDatabase } from 'lmdb'
 
 /** One event waiting for JetStream, exactly as it will be published. */
 export interface SpooledEvent {
-  subject: string
+  /**
+   * Null for an event taken before the plugin first reached NATS: its partition (so its subject)
+   * is known only once the stream's partition count is; the publisher resolves it from `key`.
+   */
+  subject: string | null
+  /** The event's resource key. */
+  key: string
   data: Uint8Array
   signature: string
   msgId: string
 }
 
 interface StoredEvent {
-  s: string
+  s: string | null
+  /** Absent in spools written before keys were stored; those always have a subject. */
+  k?: string
   d: Uint8Array
   g: string
   i: string
@@ -73,7 +81,7 @@ export class Spool {
     const key = this.#nextKey++
     this.#size++
     try {
-      await this.#db.put(key, { s: e.subject, d: e.data, g: e.signature, i: e.msgId })
+      await this.#db.put(key, { s: e.subject, k: e.key, d: e.data, g: e.signature, i: e.msgId })
     } catch (err) {
       this.#size--
       throw err
@@ -84,7 +92,7 @@ export class Spool {
   oldest (limit: number): Array<{ key: number, event: SpooledEvent }> {
     const out: Array<{ key: number, event: SpooledEvent }> = []
     for (const { key, value } of this.#db.getRange({ limit })) {
-      out.push({ key, event: { subject: value.s, data: value.d, signature: value.g, msgId: value.i } })
+      out.push({ key, event: { subject: value.s, key: value.k ?? '', data: value.d, signature: value.g, msgId: value.i } })
     }
     return out
   }

@@ -1,148 +1,107 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { createInterface } from 'node:readline/promises'
+import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { CommanderError } from 'commander'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, connectNats, createLogger, isNotFound, isRegionsyncError,
-  names, parseEncryptionKey, parseSigningKeys, parseStartFrom, validateNamespace, validateRegion, type Names
+  ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names,
+  type Logger, type Names, type StartFrom
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
 import { listDeadLetters, type StoredDeadLetter } from './dead-letter.js'
 import { IdentityResolver } from './identity.js'
 import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, startMetricsServer, type MetricsServer } from './http-server.js'
-import { DEFAULT_REQUEST_TIMEOUT_MS, parseTargetUrl } from './options.js'
+import { DEFAULT_REQUEST_TIMEOUT_MS } from './options.js'
 import { Replicator, type DlqReplayResult } from './replicator.js'
-import { VERIFY_OPTIONS, verifyCommand } from './verify/command.js'
+import { checkSigningKey } from './signing-key-check.js'
+import { removeRegion } from './region-remove.js'
+import { VERIFY_OPTIONS, verifyCommand, type VerifyFlags } from './verify/command.js'
+import {
+  EXIT, EXIT_CODES_HELP, EnvCommand, encryptionKey, flag, namespaceFlag, natsFlag, port, region, required, signingKey, signingKeyOf, startFrom, targetUrl, whole,
+  type Io
+} from './cli-options.js'
 
-/* The command's own human output goes to stdout/stderr directly; everything else logs through pino. */
+export type { Io } from './cli-options.js'
+export { EXIT } from './cli-options.js'
 
-const USAGE = `usage: regionsync <command> [options]
+/* The command's own human output goes through `Io`; everything else logs through pino. */
 
-commands:
-  replicate   apply events to one target region (--region, --target, ...)
-  status      every region: live instances, pending, lag, applied/s, dead letters, breaker
-  dlq list    dead letters of one region (--region)
-  dlq replay  send a region's dead letters back to it (--region [--id EVENT_ID])
-  verify      compare every region with the source through the API's reads; --repair through the stream
-  ids map     tell a region the id its target knows an entity by (--region --type --source --target),
-              for an unmapped-id dead letter; then dlq replay it
-  demo        a source API, two target regions and their replicators, live
+const DEFAULT_DLQ_REPLAY_WAIT_MS = 30_000
 
-every flag also reads an environment variable; flags win. See README.md.`
+/** Thrown when the command fails while running (not a configuration problem): exit 3. */
+class RuntimeFailure extends Error {}
 
-type Env = Record<string, string | undefined>
-
-interface Io {
-  out: (line: string) => void
-  err: (line: string) => void
-  env: Env
+/**
+ * pino's pretty transport when stdout is a terminal (a person reads it), JSON otherwise (a log
+ * collector reads it). The transport is resolved from this package, where it is a dependency.
+ */
+function commandLogger (name: string): Logger {
+  if (process.stdout.isTTY !== true) return createLogger({ name })
+  return createLogger({
+    name,
+    transport: { target: fileURLToPath(import.meta.resolve('pino-pretty')), options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' } }
+  })
 }
 
-const COMMON = {
-  nats: { type: 'string', env: 'NATS_URL', fallback: DEFAULT_NATS_URL },
-  namespace: { type: 'string', env: 'REGIONSYNC_NAMESPACE', fallback: DEFAULT_NAMESPACE },
-  help: { type: 'boolean', short: 'h' }
-} as const
-
-type FlagSpec = Record<string, { type: 'string' | 'boolean', env?: string, fallback?: string, short?: string }>
-
-/** Parses flags, filling each from its environment variable when the flag is absent. */
-function flags<T extends FlagSpec> (args: string[], spec: T, env: Env): Record<keyof T, string | boolean | undefined> {
-  const config: ParseArgsConfig = {
-    args,
-    strict: true,
-    allowPositionals: false,
-    options: Object.fromEntries(Object.entries(spec).map(([k, v]) => [k, { type: v.type, ...(v.short !== undefined ? { short: v.short } : {}) }]))
-  }
-  let values: Record<string, string | boolean | undefined>
+async function connectTo (servers: string): Promise<NatsConnection> {
   try {
-    values = parseArgs(config).values as Record<string, string | boolean | undefined>
+    return await connectNats({ servers: servers.split(',') })
   } catch (err) {
-    throw new InvalidOptionError('arguments', (err as Error).message.split('\n')[0] as string)
+    throw new InvalidOptionError('--nats', `cannot reach NATS at ${servers} (${(err as Error).message}); start nats-server -js, or set NATS_URL`, { cause: err })
   }
-  const out: Record<string, string | boolean | undefined> = {}
-  for (const [k, v] of Object.entries(spec)) {
-    const fromEnv = v.env === undefined ? undefined : env[v.env]
-    out[k] = values[k] ?? (v.type === 'boolean' ? (fromEnv === undefined ? undefined : ['1', 'true', 'yes'].includes(fromEnv)) : (fromEnv === '' ? undefined : fromEnv)) ?? v.fallback
-  }
-  return out as Record<keyof T, string | boolean | undefined>
 }
 
-function required (value: string | boolean | undefined, flag: string, env: string, expected: string): string {
-  if (typeof value !== 'string' || value === '') throw new InvalidOptionError(flag, `is required (or ${env}); expects ${expected}`)
-  return value
+interface ReplicateFlags {
+  region?: string
+  target?: URL
+  nats: string
+  namespace: string
+  metricsPort: number | string
+  metricsHost: string
+  signingKey?: string
+  targetToken?: string
+  encryptionKey?: string
+  concurrency?: number
+  window?: number
+  maxRps: number | string
+  timeoutMs: number | string
+  connections?: number
+  from: StartFrom | string
+  dev?: boolean
 }
 
-function count (value: string | boolean | undefined, flag: string, min: number, max: number): number {
-  const n = Number(value)
-  if (typeof value !== 'string' || !/^\d+$/.test(value) || n < min || n > max) throw new InvalidOptionError(flag, `expects a whole number from ${min} to ${max}`)
-  return n
-}
-
-function port (value: string | boolean | undefined, flag: string): number {
-  const n = Number(value)
-  if (typeof value !== 'string' || !/^\d+$/.test(value) || n > 65535) throw new InvalidOptionError(flag, 'expects a port number from 0 to 65535 (0 picks a free one)')
-  return n
-}
-
-async function replicate (args: string[], io: Io): Promise<number> {
-  const f = flags(args, {
-    ...COMMON,
-    region: { type: 'string', env: 'REGIONSYNC_REGION' },
-    target: { type: 'string', env: 'REGIONSYNC_TARGET_URL' },
-    'metrics-port': { type: 'string', env: 'REGIONSYNC_METRICS_PORT', fallback: String(DEFAULT_METRICS_PORT) },
-    'metrics-host': { type: 'string', env: 'REGIONSYNC_METRICS_HOST', fallback: DEFAULT_METRICS_HOST },
-    'signing-key': { type: 'string', env: 'REGIONSYNC_SIGNING_KEY' },
-    'target-token': { type: 'string', env: 'REGIONSYNC_TARGET_TOKEN' },
-    'encryption-key': { type: 'string', env: 'REGIONSYNC_ENCRYPTION_KEY' },
-    concurrency: { type: 'string', env: 'REGIONSYNC_CONCURRENCY' },
-    window: { type: 'string', env: 'REGIONSYNC_WINDOW' },
-    'max-rps': { type: 'string', env: 'REGIONSYNC_MAX_RPS', fallback: '0' },
-    'timeout-ms': { type: 'string', env: 'REGIONSYNC_TIMEOUT_MS', fallback: String(DEFAULT_REQUEST_TIMEOUT_MS) },
-    connections: { type: 'string', env: 'REGIONSYNC_CONNECTIONS' },
-    from: { type: 'string', env: 'REGIONSYNC_FROM', fallback: 'first' },
-    dev: { type: 'boolean', env: 'REGIONSYNC_DEV' }
-  }, io.env)
-  if (f.help === true) { io.out('usage: regionsync replicate --region R --target URL [--nats URL] [--metrics-port N] [--signing-key K] [--target-token T] [--encryption-key K] [--from first|new|seq:N|time:ISO] [--concurrency N] [--window N] [--max-rps N] [--timeout-ms N] [--connections N]'); return 0 }
-  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu'), '--region')
-  const target = parseTargetUrl(required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API'), '--target')
-  const metricsPort = port(f['metrics-port'], '--metrics-port')
-  let signingKey = f['signing-key'] as string | undefined
-  if (signingKey === undefined) {
-    if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required (or REGIONSYNC_SIGNING_KEY); expects the secret the publishers sign with (--dev allows the insecure dev key)')
-    signingKey = DEV_SIGNING_KEY
-  }
-  // Checked before connecting, so a bad value is reported by its flag whether or not NATS is up.
-  parseSigningKeys(signingKey, '--signing-key')
-  const encryptionKey = f['encryption-key'] as string | undefined
-  if (encryptionKey !== undefined) parseEncryptionKey(encryptionKey, '--encryption-key')
-  const from = parseStartFrom(f.from as string, '--from')
-  const concurrency = f.concurrency === undefined ? undefined : count(f.concurrency, '--concurrency', 1, 4096)
-  const window = f.window === undefined ? undefined : count(f.window, '--window', 1, 4096)
-  const maxRps = count(f['max-rps'], '--max-rps', 0, 1_000_000)
-  const requestTimeoutMs = count(f['timeout-ms'], '--timeout-ms', 100, 600_000)
-  const connections = f.connections === undefined ? undefined : count(f.connections, '--connections', 1, 4096)
-  const namespace = validateNamespace(f.namespace, '--namespace')
-  const metricsHost = f['metrics-host'] as string
-  const log = createLogger({ name: 'regionsync' })
+async function replicate (f: ReplicateFlags): Promise<number> {
+  const regionName = required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name such as eu')
+  const target = required(f.target, '--target', 'REGIONSYNC_TARGET_URL', 'the base URL of the region\'s API')
+  const key = signingKeyOf(f.signingKey, f.dev, 'to verify events: the secret the publishers sign with')
+  // Defaults do not pass through the flag parsers; these are the documented defaults, valid as written.
+  const metricsPort = Number(f.metricsPort)
+  const from = typeof f.from === 'string' ? startFrom(f.from, '--from') : f.from
+  const log = commandLogger('regionsync')
   if (f.dev === true) log.warn('dev mode: accepting events signed with the well-known dev key')
-  const nc = await connectTo(f.nats as string)
+  const nc = await connectTo(f.nats)
   let replicator: Replicator
   try {
+    const check = await checkSigningKey(await jetstreamManager(nc), names(f.namespace), createSigner(key))
+    if (check.kind === 'mismatch') {
+      throw new InvalidOptionError('--signing-key', `verifies none of the newest events on the stream (the last at seq ${check.seq}): every event would be dead-lettered bad-signature; give the key the publishers sign with`)
+    }
+    if (check.kind === 'no-events') log.warn('no event on the stream yet to check --signing-key against; a wrong key shows as bad-signature dead letters')
     replicator = await Replicator.start({
-      region,
+      region: regionName,
       target,
-      targetToken: f['target-token'] as string | undefined,
-      signingKey,
-      ...(encryptionKey !== undefined ? { encryptionKey } : {}),
-      ...(concurrency !== undefined ? { concurrency } : {}),
-      ...(window !== undefined ? { window } : {}),
-      ...(connections !== undefined ? { connections } : {}),
-      maxRps,
-      requestTimeoutMs,
+      targetToken: f.targetToken,
+      signingKey: key,
+      ...(f.encryptionKey !== undefined ? { encryptionKey: f.encryptionKey } : {}),
+      ...(f.concurrency !== undefined ? { concurrency: f.concurrency } : {}),
+      ...(f.window !== undefined ? { window: f.window } : {}),
+      ...(f.connections !== undefined ? { connections: f.connections } : {}),
+      maxRps: Number(f.maxRps),
+      requestTimeoutMs: Number(f.timeoutMs),
       connection: nc,
       ownsConnection: true,
       logger: log,
-      namespace,
+      namespace: f.namespace,
       from
     })
   } catch (err) {
@@ -152,54 +111,54 @@ async function replicate (args: string[], io: Io): Promise<number> {
   }
   let server: MetricsServer
   try {
-    server = await startMetricsServer(replicator, metricsPort, metricsHost, log)
+    server = await startMetricsServer(replicator, metricsPort, f.metricsHost, log)
   } catch (err) {
     await replicator.close()
-    throw new InvalidOptionError('--metrics-port', `cannot listen on ${metricsHost}:${metricsPort} (${(err as Error).message})`, { cause: err })
+    throw new InvalidOptionError('--metrics-port', `cannot listen on ${f.metricsHost}:${metricsPort} (${(err as Error).message})`, { cause: err })
   }
-  await new Promise<void>((resolve) => {
+  let stopping = false
+  const lost = await new Promise<Error | null>((resolve) => {
     const stop = (signal: string): void => {
+      stopping = true
       log.info({ signal }, 'shutting down')
       process.once(signal, () => process.exit(1))
-      resolve()
+      resolve(null)
     }
     process.once('SIGTERM', () => stop('SIGTERM'))
     process.once('SIGINT', () => stop('SIGINT'))
+    // The client reconnects on its own; the connection closes only when it gives up.
+    nc.closed().then((err) => { if (!stopping) resolve(err ?? new Error('connection closed')) }, resolve)
   })
   await replicator.close()
   await server.close()
-  return 0
-}
-
-async function connectTo (servers: string): Promise<Awaited<ReturnType<typeof connectNats>>> {
-  try {
-    return await connectNats({ servers: servers.split(',') })
-  } catch (err) {
-    throw new InvalidOptionError('--nats', `cannot reach NATS at ${servers} (${(err as Error).message}); start nats-server -js, or set NATS_URL`, { cause: err })
+  if (lost !== null) {
+    log.error({ err: lost }, 'NATS connection lost')
+    throw new RuntimeFailure(`lost the NATS connection (${lost.message})`)
   }
+  return EXIT.ok
 }
 
-async function status (args: string[], io: Io): Promise<number> {
-  const f = flags(args, { ...COMMON, json: { type: 'boolean' }, watch: { type: 'boolean' }, 'wait-ms': { type: 'string', fallback: String(DEFAULT_STATUS_WAIT_MS) } }, io.env)
-  const waitMs = Number(f['wait-ms'])
-  if (!Number.isInteger(waitMs) || waitMs < 10 || waitMs > 60_000) throw new InvalidOptionError('--wait-ms', 'expects milliseconds from 10 to 60000')
-  const n = names(validateNamespace(f.namespace, '--namespace'))
-  const nc = await connectTo(f.nats as string)
+interface StatusFlags { nats: string, namespace: string, json?: boolean, watch?: boolean, waitMs: number | string }
+
+async function status (f: StatusFlags, io: Io): Promise<number> {
+  const n = names(f.namespace)
+  const nc = await connectTo(f.nats)
   try {
     let drawn = 0
     for (;;) {
-      const rows = await gatherStatus(nc, n, waitMs)
+      const rows = await gatherStatus(nc, n, Number(f.waitMs))
       const lines = f.json === true
         ? [JSON.stringify(rows)]
         : rows.length === 0 ? ['no regions yet: start a replicator with `regionsync replicate`'] : formatStatusTable(rows)
       if (f.watch !== true) {
         for (const line of lines) io.out(line)
-        return 0
+        return EXIT.ok
       }
       // Redraw in place: up over what was drawn, clear each line.
-      if (drawn > 0) process.stdout.write(`\x1b[${drawn}A`)
-      for (const line of [`regionsync status  ${new Date().toISOString()}  (Ctrl-C to stop)`, ...lines]) process.stdout.write(`\x1b[2K${line}\n`)
-      drawn = lines.length + 1
+      const up = drawn > 0 ? `\x1b[${drawn}A` : ''
+      const frame = [`regionsync status  ${new Date().toISOString()}  (Ctrl-C to stop)`, ...lines].map((line) => `\x1b[2K${line}`)
+      io.out(up + frame.join('\n'))
+      drawn = frame.length
       await new Promise((resolve) => setTimeout(resolve, 2000))
     }
   } finally {
@@ -207,32 +166,35 @@ async function status (args: string[], io: Io): Promise<number> {
   }
 }
 
-async function dlq (args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args
-  if (sub !== 'list' && sub !== 'replay') throw new InvalidOptionError('dlq', 'expects a subcommand: list or replay')
-  const f = flags(rest, {
-    ...COMMON,
-    region: { type: 'string', env: 'REGIONSYNC_REGION' },
-    json: { type: 'boolean' },
-    id: { type: 'string' },
-    'wait-ms': { type: 'string', fallback: '30000' }
-  }, io.env)
-  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name'), '--region')
-  const n = names(validateNamespace(f.namespace, '--namespace'))
-  const nc = await connectTo(f.nats as string)
+interface DlqFlags { nats: string, namespace: string, region?: string, json?: boolean, id?: string, waitMs: number | string }
+
+async function dlqList (f: DlqFlags, io: Io): Promise<number> {
+  const regionName = required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name')
+  const nc = await connectTo(f.nats)
   try {
-    const letters = await listDeadLetters(await jetstreamManager(nc), n, region)
-    if (sub === 'replay') return await replayLetters(nc, n, region, letters, f.id as string | undefined, Number(f['wait-ms']), io)
+    const letters = await listDeadLetters(await jetstreamManager(nc), names(f.namespace), regionName)
     if (f.json === true) {
       io.out(JSON.stringify(letters.map(({ payload: _p, signature: _s, ...rest }) => rest)))
     } else if (letters.length === 0) {
-      io.out(`no dead letters for region ${region}`)
+      io.out(`no dead letters for region ${regionName}`)
     } else {
       for (const l of letters) {
         io.out(`${l.failedAt}  ${l.reason}${l.status === null ? '' : ` ${l.status}`}  ${l.eventId ?? '-'}  ${l.method ?? '-'} ${l.path ?? '-'}  ${l.detail}${l.excerpt === '' ? '' : `  body: ${l.excerpt.slice(0, 120).replace(/\s+/g, ' ')}`}`)
       }
     }
-    return 0
+    return EXIT.ok
+  } finally {
+    await nc.close()
+  }
+}
+
+async function dlqReplay (f: DlqFlags, io: Io): Promise<number> {
+  const regionName = required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name')
+  const n = names(f.namespace)
+  const nc = await connectTo(f.nats)
+  try {
+    const letters = await listDeadLetters(await jetstreamManager(nc), n, regionName)
+    return await replayLetters(nc, n, regionName, letters, f.id, Number(f.waitMs), io)
   } finally {
     await nc.close()
   }
@@ -242,43 +204,35 @@ async function dlq (args: string[], io: Io): Promise<number> {
  * Hands each letter to a live replicator of the region (one of its instances answers), which
  * replays it with the region's own credential and records; so the letter goes to that region only.
  */
-async function replayLetters (nc: NatsConnection, n: Names, region: string, letters: StoredDeadLetter[], id: string | undefined, waitMs: number, io: Io): Promise<number> {
+async function replayLetters (nc: NatsConnection, n: Names, regionName: string, letters: StoredDeadLetter[], id: string | undefined, waitMs: number, io: Io): Promise<number> {
   const chosen = id === undefined ? letters : letters.filter((l) => l.eventId === id)
   if (chosen.length === 0) {
-    io.out(id === undefined ? `no dead letters for region ${region}` : `no dead letter with event id ${id} for region ${region}`)
-    return id === undefined ? 0 : 1
+    io.out(id === undefined ? `no dead letters for region ${regionName}` : `no dead letter with event id ${id} for region ${regionName}`)
+    return id === undefined ? EXIT.ok : EXIT.findings
   }
   let failed = 0
   for (const letter of chosen) {
     let result: DlqReplayResult
     try {
-      result = (await nc.request(n.dlqReplaySubject(region), JSON.stringify({ dlqSeq: letter.dlqSeq }), { timeout: waitMs })).json<DlqReplayResult>()
+      result = (await nc.request(n.dlqReplaySubject(regionName), JSON.stringify({ dlqSeq: letter.dlqSeq }), { timeout: waitMs })).json<DlqReplayResult>()
     } catch (err) {
-      throw new InvalidOptionError('--region', `no replicator of region ${region} answered (${(err as Error).message}); dlq replay needs one running`, { cause: err })
+      throw new RuntimeFailure(`no replicator of region ${regionName} answered (${(err as Error).message}); dlq replay needs one running`, { cause: err })
     }
     if (result.outcome === 'failed') failed++
     io.out(`${letter.eventId ?? `dlq#${letter.dlqSeq}`}  ${result.outcome}${result.detail === '' ? '' : `  ${result.detail}`}`)
   }
-  return failed === 0 ? 0 : 1
+  return failed === 0 ? EXIT.ok : EXIT.findings
 }
 
-async function ids (args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args
-  if (sub !== 'map') throw new InvalidOptionError('ids', 'expects a subcommand: map')
-  const f = flags(rest, {
-    ...COMMON,
-    region: { type: 'string', env: 'REGIONSYNC_REGION' },
-    type: { type: 'string' },
-    source: { type: 'string' },
-    target: { type: 'string' }
-  }, io.env)
-  const region = validateRegion(required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name'), '--region')
-  const type = required(f.type, '--type', 'no variable', 'the collection path the dead letter names, e.g. /api/articles')
-  if (!type.startsWith('/')) throw new InvalidOptionError('--type', 'expects a path starting with "/", e.g. /api/articles')
-  const source = decodeURIComponent(required(f.source, '--source', 'no variable', "the source's id"))
-  const target = required(f.target, '--target', 'no variable', 'the id the target region knows the entity by')
-  const n = names(validateNamespace(f.namespace, '--namespace'))
-  const nc = await connectTo(f.nats as string)
+interface IdsMapFlags { nats: string, namespace: string, region?: string, type?: string, source?: string, target?: string }
+
+async function idsMap (f: IdsMapFlags, io: Io): Promise<number> {
+  const regionName = required(f.region, '--region', 'REGIONSYNC_REGION', 'a region name')
+  const type = required(f.type, '--type', undefined, 'the collection path the dead letter names, e.g. /api/articles')
+  const source = decodeURIComponent(required(f.source, '--source', undefined, "the source's id"))
+  const target = required(f.target, '--target', undefined, 'the id the target region knows the entity by')
+  const n = names(f.namespace)
+  const nc = await connectTo(f.nats)
   try {
     // The buckets take the event stream's replicas, as the replicator creates them.
     let replicas = 1
@@ -287,59 +241,181 @@ async function ids (args: string[], io: Io): Promise<number> {
     } catch (err) {
       if (!isNotFound(err)) throw err
     }
-    const resolver = await IdentityResolver.open(nc, n, region, { replicas, logger: createLogger({ level: 'warn' }) })
+    const resolver = await IdentityResolver.open(nc, n, regionName, { replicas, logger: createLogger({ level: 'warn' }) })
     try {
       await resolver.map(type, source, target)
     } finally {
       resolver.close()
     }
-    io.out(`${region}: ${type}/${encodeURIComponent(source)} is ${type}/${encodeURIComponent(target)} there`)
-    return 0
+    io.out(`${regionName}: ${type}/${encodeURIComponent(source)} is ${type}/${encodeURIComponent(target)} there`)
+    return EXIT.ok
   } finally {
     await nc.close()
   }
 }
 
-async function demo (args: string[], io: Io): Promise<number> {
-  // The demo's API lives in the examples workspace; it is not part of the published command.
-  const spec = '@regionsync/examples/demo'
-  let mod: { runDemo: (args: string[], io: Io) => Promise<number> }
+interface RegionRemoveFlags { nats: string, namespace: string, yes?: boolean, waitMs: number | string }
+
+async function regionRemove (name: string, f: RegionRemoveFlags, io: Io): Promise<number> {
+  const regionName = region(name, '<name>')
+  const n = names(f.namespace)
+  const nc = await connectTo(f.nats)
   try {
-    mod = await import(spec) as typeof mod
-  } catch (err) {
-    io.err(`regionsync demo needs the examples workspace (run it from a clone of the regionsync repository): ${(err as Error).message}`)
-    return 1
+    const live = (await gatherStatus(nc, n, Number(f.waitMs))).find((r) => r.region === regionName)?.instances.length ?? 0
+    if (live > 0) throw new InvalidOptionError('<name>', `region ${regionName} has ${live} live replicator(s); stop them first, or they would recreate what this removes`)
+    if (f.yes !== true) {
+      if (process.stdin.isTTY !== true) throw new InvalidOptionError('--yes', `is needed to remove region ${regionName} without a terminal to confirm on`)
+      const rl = createInterface({ input: process.stdin, output: process.stderr })
+      const answer = await rl.question(`remove region ${regionName} from namespace ${n.namespace}: its consumers, records and dead letters? type the region name to confirm: `)
+      rl.close()
+      if (answer.trim() !== regionName) {
+        io.out(`region ${regionName} left as it was`)
+        return EXIT.findings
+      }
+    }
+    const removed = await removeRegion(await jetstreamManager(nc), n, regionName)
+    io.out(`region ${regionName} removed: ${removed.consumers} consumers, ${removed.records} records and dead letters`)
+    return EXIT.ok
+  } finally {
+    await nc.close()
   }
-  return await mod.runDemo(args, io)
 }
 
-/** Runs the command; returns the exit code. Configuration errors are one line naming the option. */
+function collectionPath (value: string, name: string): string {
+  if (!value.startsWith('/')) throw new InvalidOptionError(name, 'expects a path starting with "/", e.g. /api/articles')
+  return value
+}
+
+const regionFlag = (): ReturnType<typeof flag> => flag('--region <name>', 'the region', { env: 'REGIONSYNC_REGION', parse: region })
+
+/**
+ * The whole command line: every subcommand, its flags with their variables, and its help, from
+ * one set of definitions. A fresh program per run: commander keeps parsed values on it.
+ */
+function program (io: Io, done: (code: number) => void): EnvCommand {
+  const run = async (code: Promise<number>): Promise<void> => { done(await code) }
+  const root = new EnvCommand('regionsync')
+  root.env = io.env
+  root
+    .description('keep regional copies of an HTTP API in step over NATS JetStream')
+    .configureOutput({
+      writeOut: (s) => io.out(s.replace(/\n$/, '')),
+      writeErr: (s) => io.err(s.replace(/\n$/, '')),
+      outputError: (s, write) => write(`regionsync: ${s.replace(/^error: /, '').trim().replace(/\s*\n\s*/g, ' ')}`)
+    })
+    .exitOverride()
+    .showSuggestionAfterError()
+    .addHelpText('afterAll', EXIT_CODES_HELP)
+
+  root.command('replicate')
+    .description('apply the events of every other region to one target region, in order per resource')
+    .addOption(regionFlag())
+    .addOption(flag('--target <url>', 'base URL of that region\'s API', { env: 'REGIONSYNC_TARGET_URL', parse: targetUrl }))
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--signing-key <key>', 'key the publishers sign events with (at least 32 bytes)', { env: 'REGIONSYNC_SIGNING_KEY', parse: signingKey }))
+    .addOption(flag('--dev', 'accept events signed with the insecure, well-known dev key', { env: 'REGIONSYNC_DEV' }))
+    .addOption(flag('--target-token <token>', 'credential sent to the target as Authorization: Bearer', { env: 'REGIONSYNC_TARGET_TOKEN' }))
+    .addOption(flag('--encryption-key <key>', 'key that opens opted-in headers carried encrypted', { env: 'REGIONSYNC_ENCRYPTION_KEY', parse: encryptionKey }))
+    .addOption(flag('--metrics-port <port>', '/metrics, /status, /healthz, /readyz and the dashboard (0 picks a free one and logs it)', { env: 'REGIONSYNC_METRICS_PORT', default: String(DEFAULT_METRICS_PORT), parse: port }))
+    .addOption(flag('--metrics-host <host>', 'address the metrics server listens on (0.0.0.0: every interface)', { env: 'REGIONSYNC_METRICS_HOST', default: DEFAULT_METRICS_HOST }))
+    .addOption(flag('--from <where>', 'where a new region starts: first, new, seq:N or time:ISO', { env: 'REGIONSYNC_FROM', default: 'first', parse: startFrom }))
+    .addOption(flag('--concurrency <n>', 'replays in flight per instance', { env: 'REGIONSYNC_CONCURRENCY', parse: whole(1, 4096) }))
+    .addOption(flag('--window <n>', 'events in flight per partition this instance owns (default 64; 1: one at a time)', { env: 'REGIONSYNC_WINDOW', parse: whole(1, 4096) }))
+    .addOption(flag('--max-rps <n>', 'replays per second to the target (0: no limit)', { env: 'REGIONSYNC_MAX_RPS', default: '0', parse: whole(0, 1_000_000) }))
+    .addOption(flag('--timeout-ms <ms>', 'timeout of one replay', { env: 'REGIONSYNC_TIMEOUT_MS', default: String(DEFAULT_REQUEST_TIMEOUT_MS), parse: whole(100, 600_000) }))
+    .addOption(flag('--connections <n>', 'HTTP connections to the target', { env: 'REGIONSYNC_CONNECTIONS', parse: whole(1, 4096) }))
+    .action((f: ReplicateFlags) => run(replicate(f)))
+
+  root.command('status')
+    .description('every region: live instances, pending, lag, applied/s, dead letters, breaker')
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--json', 'print JSON'))
+    .addOption(flag('--watch', 'redraw every 2 s until Ctrl-C'))
+    .addOption(flag('--wait-ms <ms>', 'how long to wait for replicators to answer', { env: 'REGIONSYNC_STATUS_WAIT_MS', default: String(DEFAULT_STATUS_WAIT_MS), parse: whole(10, 60_000) }))
+    .action((f: StatusFlags) => run(status(f, io)))
+
+  const dlq = root.command('dlq').description('dead letters of one region')
+  dlq.command('list')
+    .description('list a region\'s dead letters')
+    .addOption(regionFlag())
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--json', 'print JSON'))
+    .action((f: DlqFlags) => run(dlqList(f, io)))
+  dlq.command('replay')
+    .description('send a region\'s dead letters back to it through one of its running replicators')
+    .addOption(regionFlag())
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--id <event-id>', 'replay only this event'))
+    .addOption(flag('--wait-ms <ms>', 'how long to wait for a replicator to answer each letter', { env: 'REGIONSYNC_DLQ_WAIT_MS', default: String(DEFAULT_DLQ_REPLAY_WAIT_MS), parse: whole(10, 600_000) }))
+    .action((f: DlqFlags) => run(dlqReplay(f, io)))
+
+  const verify = root.command('verify')
+    .description('compare every region with the source through the API\'s reads; --repair through the stream')
+  for (const option of VERIFY_OPTIONS) verify.addOption(option)
+  verify.action((f: VerifyFlags) => run(verifyCommand(f, { ...io, ...(process.stderr.isTTY ? { progress: (s: string) => process.stderr.write(s) } : {}) }, { connect: connectTo })))
+
+  const ids = root.command('ids').description('identifiers the regions know an entity by')
+  ids.command('map')
+    .description('tell a region the id its target knows an entity by, for an unmapped-id dead letter; then dlq replay it')
+    .addOption(regionFlag())
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--type <path>', 'the collection path the dead letter names, e.g. /api/articles', { parse: collectionPath }))
+    .addOption(flag('--source <id>', 'the source\'s id'))
+    .addOption(flag('--target <id>', 'the id the target region knows the entity by'))
+    .action((f: IdsMapFlags) => run(idsMap(f, io)))
+
+  root.command('region').description('regions of a namespace')
+    .command('remove')
+    .description('delete a region\'s consumers, records and dead letters (a region no longer replicated to); asks to confirm')
+    .argument('<name>', 'the region')
+    .addOption(natsFlag()).addOption(namespaceFlag())
+    .addOption(flag('--yes', 'do not ask to confirm'))
+    .addOption(flag('--wait-ms <ms>', 'how long to wait for live replicators of the region to answer', { env: 'REGIONSYNC_STATUS_WAIT_MS', default: String(DEFAULT_STATUS_WAIT_MS), parse: whole(10, 60_000) }))
+    .action((name: string, f: RegionRemoveFlags) => run(regionRemove(name, f, io)))
+
+  root.command('demo')
+    .description('not in the published package: from a clone of the repository, run `npm run demo`')
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .action(() => {
+      io.err('regionsync: the demo is not part of the published package; from a clone of the regionsync repository run `npm run demo`')
+      done(EXIT.badConfiguration)
+    })
+
+  return root
+}
+
+/** The exit code for an error the command ended with; one line on stderr says why. */
+function exitFor (err: unknown, io: Io): number {
+  if (isRegionsyncError(err)) {
+    io.err(`regionsync: ${err.message}`)
+    const configuration = err.code === ErrorCode.InvalidOption || err.code === ErrorCode.UnsupportedServer || err.code === ErrorCode.StreamMismatch
+    return configuration ? EXIT.badConfiguration : EXIT.runtimeFailure
+  }
+  if (err instanceof RuntimeFailure) {
+    io.err(`regionsync: ${err.message}`)
+    return EXIT.runtimeFailure
+  }
+  io.err(`regionsync: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
+  return EXIT.runtimeFailure
+}
+
+/** Runs the command; returns the exit code (see EXIT). Configuration errors are one line naming the option. */
 export async function runCli (argv: string[], io: Io = {
   out: (l) => process.stdout.write(l + '\n'),
   err: (l) => process.stderr.write(l + '\n'),
   env: process.env
 }): Promise<number> {
-  const [command, ...args] = argv
+  let result: number = EXIT.ok
+  const root = program(io, (code) => { result = code })
   try {
-    switch (command) {
-      case 'replicate': return await replicate(args, io)
-      case 'status': return await status(args, io)
-      case 'dlq': return await dlq(args, io)
-      case 'verify': return await verifyCommand(args, { ...io, ...(process.stderr.isTTY ? { progress: (s: string) => process.stderr.write(s) } : {}) }, { parse: (a) => flags(a, VERIFY_OPTIONS, io.env), connect: connectTo })
-      case 'ids': return await ids(args, io)
-      case 'demo': return await demo(args, io)
-      case undefined: case '-h': case '--help': case 'help':
-        io.out(USAGE)
-        return command === undefined ? 2 : 0
-      default:
-        io.err(`regionsync: unknown command "${command}"\n${USAGE}`)
-        return 2
-    }
+    await root.parseAsync(argv, { from: 'user' })
+    return result
   } catch (err) {
-    if (isRegionsyncError(err)) {
-      io.err(`regionsync: ${err.message}`)
-      return 2
+    if (err instanceof CommanderError) {
+      // Help and --version end here too, with 0; every parse error was already written, one line.
+      return err.exitCode === 0 ? EXIT.ok : EXIT.badConfiguration
     }
-    throw err
+    return exitFor(err, io)
   }
 }

@@ -30,6 +30,8 @@ export interface ReplicatorStatus {
   appliedPerSecond: number
   retries: number
   deadLetters: number
+  /** Writes made in this region itself that this instance acknowledged without a replay, since it started. */
+  ownOrigin: number
   breaker: BreakerState
   lastError: { at: string, message: string } | null
   startedAt: string
@@ -49,6 +51,11 @@ export interface RegionStatus {
   /** The worst breaker state among the instances; null with none. */
   breaker: BreakerState | null
   lastError: { at: string, message: string, instance: string } | null
+  /**
+   * Writes made in the region itself, acknowledged by its live instances without a replay since
+   * they started (they are not pending); null with no live instance.
+   */
+  ownOrigin: number | null
   /** Divergent resources at the last `regionsync verify`, and when it finished; null when verify never ran for the region. */
   divergent: number | null
   verifiedAt: string | null
@@ -85,6 +92,8 @@ export async function gatherStatus (nc: NatsConnection, n: Names, waitMs = DEFAU
       deadLetters: dlq.get(n.dlqSubject(region)) ?? 0,
       breaker: instances.length === 0 ? null : instances.map((i) => i.breaker).reduce((a, b) => BREAKER_RANK[b] > BREAKER_RANK[a] ? b : a),
       lastError: errors[0] ?? null,
+      // An instance older than the field answers without it.
+      ownOrigin: instances.length === 0 ? null : instances.reduce((sum, i) => sum + (i.ownOrigin ?? 0), 0),
       divergent: verified.get(region)?.divergent ?? null,
       verifiedAt: verified.get(region)?.checkedAt ?? null
     }
@@ -124,7 +133,7 @@ async function deadLetterCounts (jsm: Awaited<ReturnType<typeof jetstreamManager
 }
 
 export function formatStatusTable (rows: RegionStatus[]): string[] {
-  const header = ['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'LAST ERROR']
+  const header = ['REGION', 'INSTANCES', 'PENDING', 'LAG', 'APPLIED/S', 'DLQ', 'BREAKER', 'DIVERGENT', 'OWN WRITES', 'LAST ERROR']
   const lines = rows.map((r) => [
     r.region,
     r.instances.length === 0 ? 'none' : String(r.instances.length),
@@ -134,6 +143,7 @@ export function formatStatusTable (rows: RegionStatus[]): string[] {
     String(r.deadLetters),
     r.breaker ?? '-',
     r.divergent === null ? '-' : `${r.divergent} (${r.verifiedAt?.slice(0, 16).replace('T', ' ') ?? '?'})`,
+    r.ownOrigin === null ? '-' : String(r.ownOrigin),
     r.lastError === null ? '-' : `${r.lastError.message.slice(0, 60)} (${r.lastError.instance})`
   ])
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)))

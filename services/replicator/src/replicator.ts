@@ -522,6 +522,7 @@ export class Replicator {
       appliedPerSecond: (this.#counts.applied - (this.#appliedRing[0] as number)) / RATE_WINDOW_S,
       retries: this.#counts.retries,
       deadLetters: this.#counts.deadLetters,
+      ownOrigin: (await this.metrics.skipped.get()).values.find((v) => v.labels.reason === 'own-origin')?.value ?? 0,
       breaker: this.#breaker.state,
       lastError: this.#lastError,
       startedAt: this.#startedAt.toISOString()

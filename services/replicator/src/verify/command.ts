@@ -1,10 +1,12 @@
 import { readFile } from 'node:fs/promises'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import type { Option } from 'commander'
 import {
-  DEFAULT_NAMESPACE, DEFAULT_NATS_URL, DEV_SIGNING_KEY, InvalidOptionError, createLogger, createSigner, eventStreamPartitions,
-  isRegionsyncError, names, parseSigningKeys, validateNamespace, writeVerifySummaries, type Logger
+  DEV_SIGNING_KEY, InvalidOptionError, createLogger, createSigner, eventStreamPartitions, isRegionsyncError, names,
+  writeVerifySummaries, type Logger
 } from '@regionsync/shared'
+import { duration, flag, natsFlags, port, signingKey as signingKeyValue, signingKeyOf, whole } from '../cli-options.js'
 import { parseVerifyConfig, type VerifyConfig } from './config.js'
 import { DEFAULT_VERIFY_METRICS_PORT, createVerifyMetrics, startVerifyMetricsServer, summariesOf } from './metrics.js'
 import { ProgressLine, formatVerifyReport } from './report.js'
@@ -13,31 +15,44 @@ import { runVerify, type VerifyNats, type VerifyReport } from './verifier.js'
 export const DEFAULT_MAX_REPAIRS = 100
 
 /**
- * Every option of `regionsync verify`, in one place (the command's flag parser reads this table;
- * a port to another parser starts here). Each flag also reads its environment variable.
+ * Every option of `regionsync verify`, in one place: the command line builds its flags, their
+ * variables and their help from this list, and checks each value with its parser.
  */
-export const VERIFY_OPTIONS = {
-  config: { type: 'string', env: 'REGIONSYNC_VERIFY_CONFIG' },
-  nats: { type: 'string', env: 'NATS_URL', fallback: DEFAULT_NATS_URL },
-  namespace: { type: 'string', env: 'REGIONSYNC_NAMESPACE', fallback: DEFAULT_NAMESPACE },
-  'signing-key': { type: 'string', env: 'REGIONSYNC_SIGNING_KEY' },
-  dev: { type: 'boolean', env: 'REGIONSYNC_DEV' },
-  repair: { type: 'boolean' },
-  'dry-run': { type: 'boolean' },
-  'max-repairs': { type: 'string', env: 'REGIONSYNC_VERIFY_MAX_REPAIRS', fallback: String(DEFAULT_MAX_REPAIRS) },
-  type: { type: 'string' },
-  json: { type: 'boolean' },
-  every: { type: 'string', env: 'REGIONSYNC_VERIFY_EVERY' },
-  'metrics-port': { type: 'string', env: 'REGIONSYNC_VERIFY_METRICS_PORT', fallback: String(DEFAULT_VERIFY_METRICS_PORT) },
-  'metrics-host': { type: 'string', env: 'REGIONSYNC_METRICS_HOST', fallback: '0.0.0.0' },
-  'max-rps': { type: 'string', env: 'REGIONSYNC_VERIFY_MAX_RPS' },
-  concurrency: { type: 'string', env: 'REGIONSYNC_VERIFY_CONCURRENCY' },
-  help: { type: 'boolean', short: 'h' }
-} as const
+export const VERIFY_OPTIONS: Option[] = [
+  flag('--config <file>', 'verify config (JSON): the source, the regions, the types and how to read them', { env: 'REGIONSYNC_VERIFY_CONFIG' }),
+  ...natsFlags(),
+  flag('--signing-key <key>', 'key repairs are signed with (needed with --repair)', { env: 'REGIONSYNC_SIGNING_KEY', parse: signingKeyValue }),
+  flag('--dev', 'sign repairs with the insecure, well-known dev key', { env: 'REGIONSYNC_DEV' }),
+  flag('--repair', 'publish a repair event for every difference, through the stream'),
+  flag('--dry-run', 'with --repair: list the repairs without publishing them'),
+  flag('--max-repairs <n>', 'stop repairing after this many', { env: 'REGIONSYNC_VERIFY_MAX_REPAIRS', default: String(DEFAULT_MAX_REPAIRS), parse: whole(0, 10_000_000) }),
+  flag('--type <names>', 'check only these types (comma-separated names from the config)'),
+  flag('--json', 'print the report as JSON'),
+  flag('--every <duration>', 'run again every 10s..24h (30s, 10m, 1h) until SIGTERM, serving /metrics', { env: 'REGIONSYNC_VERIFY_EVERY', parse: duration }),
+  flag('--metrics-port <port>', 'port of /metrics with --every (0 picks a free one)', { env: 'REGIONSYNC_VERIFY_METRICS_PORT', default: String(DEFAULT_VERIFY_METRICS_PORT), parse: port }),
+  flag('--metrics-host <host>', 'address /metrics listens on (0.0.0.0: every interface)', { env: 'REGIONSYNC_METRICS_HOST', default: '0.0.0.0' }),
+  flag('--max-rps <n>', 'reads per second per region', { env: 'REGIONSYNC_VERIFY_MAX_RPS', parse: whole(1, 100_000) }),
+  flag('--concurrency <n>', 'reads in flight per region', { env: 'REGIONSYNC_VERIFY_CONCURRENCY', parse: whole(1, 256) })
+]
 
-export const VERIFY_USAGE = 'usage: regionsync verify --config FILE [--repair [--dry-run] [--max-repairs N]] [--type T[,T]] [--json] [--every 10m [--metrics-port N]] [--max-rps N] [--concurrency N] [--signing-key K] [--nats URL] [--namespace NS]'
-
-type Values = Record<keyof typeof VERIFY_OPTIONS, string | boolean | undefined>
+/** What commander hands the action, each value already checked by its parser in VERIFY_OPTIONS. */
+export interface VerifyFlags {
+  config?: string
+  nats: string
+  namespace: string
+  signingKey?: string
+  dev?: boolean
+  repair?: boolean
+  dryRun?: boolean
+  maxRepairs: number | string
+  type?: string
+  json?: boolean
+  every?: number
+  metricsPort: number | string
+  metricsHost: string
+  maxRps?: number
+  concurrency?: number
+}
 
 export interface VerifyIo {
   out: (line: string) => void
@@ -48,17 +63,13 @@ export interface VerifyIo {
 }
 
 export interface VerifyCommandTools {
-  /** The command's flag parser, given VERIFY_OPTIONS. */
-  parse: (args: string[]) => Values
   connect: (servers: string) => Promise<NatsConnection>
 }
 
 /** `regionsync verify`: exit 0 only when every region matches the source (in `--every` mode, runs until SIGTERM). */
-export async function verifyCommand (args: string[], io: VerifyIo, tools: VerifyCommandTools): Promise<number> {
-  const f = tools.parse(args)
-  if (f.help === true) { io.out(VERIFY_USAGE); return 0 }
+export async function verifyCommand (f: VerifyFlags, io: VerifyIo, tools: VerifyCommandTools): Promise<number> {
   const configPath = f.config
-  if (typeof configPath !== 'string' || configPath === '') throw new InvalidOptionError('--config', 'is required (or REGIONSYNC_VERIFY_CONFIG); expects the path of a verify config (JSON)')
+  if (configPath === undefined) throw new InvalidOptionError('--config', 'is required (or REGIONSYNC_VERIFY_CONFIG); expects the path of a verify config (JSON)')
   let raw: unknown
   try {
     raw = JSON.parse(await readFile(configPath, 'utf8'))
@@ -68,37 +79,30 @@ export async function verifyCommand (args: string[], io: VerifyIo, tools: Verify
   const parsed = parseVerifyConfig(raw, io.env)
   const config: VerifyConfig = {
     ...parsed,
-    ...(f['max-rps'] !== undefined ? { maxRps: whole(f['max-rps'], '--max-rps', 1, 100_000) } : {}),
-    ...(f.concurrency !== undefined ? { concurrency: whole(f.concurrency, '--concurrency', 1, 256) } : {})
+    ...(f.maxRps !== undefined ? { maxRps: f.maxRps } : {}),
+    ...(f.concurrency !== undefined ? { concurrency: f.concurrency } : {})
   }
-  const types = typeof f.type === 'string' ? f.type.split(',') : undefined
+  const types = f.type?.split(',')
   for (const t of types ?? []) {
     if (!config.types.some((c) => c.name === t)) throw new InvalidOptionError('--type', `names ${t}, which the config does not list (${config.types.map((c) => c.name).join(', ')})`)
   }
   const repair = f.repair === true
-  const dryRun = f['dry-run'] === true
+  const dryRun = f.dryRun === true
   if (dryRun && !repair) throw new InvalidOptionError('--dry-run', 'goes with --repair (it lists the repairs --repair would publish)')
-  const maxRepairs = whole(f['max-repairs'], '--max-repairs', 0, 10_000_000)
-  let signingKey: string | undefined
-  if (repair && !dryRun) {
-    signingKey = f['signing-key'] as string | undefined
-    if (signingKey === undefined) {
-      if (f.dev !== true) throw new InvalidOptionError('--signing-key', 'is required with --repair (or REGIONSYNC_SIGNING_KEY): repairs are events, signed like the publishers\' (--dev allows the insecure dev key)')
-      signingKey = DEV_SIGNING_KEY
-    }
-    parseSigningKeys(signingKey, '--signing-key')
-  }
-  const everyMs = f.every === undefined ? null : duration(f.every as string, '--every')
-  const metricsPort = whole(f['metrics-port'], '--metrics-port', 0, 65535)
-  const n = names(validateNamespace(f.namespace, '--namespace'))
+  const maxRepairs = Number(f.maxRepairs)
+  // Repairs are events, signed like the publishers'.
+  const signingKey = repair && !dryRun ? signingKeyOf(f.signingKey, f.dev, 'with --repair to sign the repairs') : undefined
+  const everyMs = f.every ?? null
+  const metricsPort = Number(f.metricsPort)
+  const n = names(f.namespace)
   // stderr: stdout is the report (--json is for scripts).
   const log = createLogger({ name: 'regionsync-verify', level: io.env.LOG_LEVEL ?? (everyMs === null ? 'warn' : 'info') }, process.stderr)
 
-  const nc = await tools.connect(f.nats as string)
+  const nc = await tools.connect(f.nats)
   try {
     const jsm = await jetstreamManager(nc)
     const partitions = await eventStreamPartitions(jsm, n)
-    if (partitions === null) throw new InvalidOptionError('--namespace', `no regionsync event stream ${n.eventStream} on ${f.nats as string}; verify needs the stream the regions replicate through`)
+    if (partitions === null) throw new InvalidOptionError('--namespace', `no regionsync event stream ${n.eventStream} on ${f.nats}; verify needs the stream the regions replicate through`)
     const nats: VerifyNats = {
       jsm,
       names: n,
@@ -125,7 +129,7 @@ export async function verifyCommand (args: string[], io: VerifyIo, tools: Verify
       else for (const line of formatVerifyReport(report)) io.out(line)
       return report.clean ? 0 : 1
     }
-    return await continuous(once, everyMs, metricsPort, f['metrics-host'] as string, nc, n, log, types === undefined)
+    return await continuous(once, everyMs, metricsPort, f.metricsHost, nc, n, log, types === undefined)
   } finally {
     await nc.close()
   }
@@ -178,20 +182,4 @@ async function publishSummaries (nc: NatsConnection, n: ReturnType<typeof names>
   } catch (err) {
     log.warn({ err }, 'could not record the verify summary for regionsync status')
   }
-}
-
-function whole (value: string | boolean | undefined, flag: string, min: number, max: number): number {
-  const v = Number(value)
-  if (typeof value !== 'string' || !/^\d+$/.test(value) || v < min || v > max) throw new InvalidOptionError(flag, `expects a whole number from ${min} to ${max}`)
-  return v
-}
-
-const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000 }
-
-/** `30s`, `10m`, `1h`: at least 10 seconds, at most a day. */
-export function duration (value: string, flag: string): number {
-  const m = /^(\d+)(s|m|h)$/.exec(value)
-  const ms = m === null ? NaN : Number(m[1]) * (UNIT_MS[m[2] as string] as number)
-  if (!(ms >= 10_000 && ms <= 86_400_000)) throw new InvalidOptionError(flag, 'expects a duration from 10s to 24h, such as 30s, 10m or 1h')
-  return ms
 }
