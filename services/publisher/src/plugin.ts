@@ -2,8 +2,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import {
-  DEFAULT_MAX_AGE_MS, DEFAULT_NATS_URL, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, loadOtel, names,
-  parseStreamSettings, partitionOf, serverMaxPayload
+  DEFAULT_NATS_URL, InvalidOptionError, connectNats, createSigner, ensureEventStream, findCreatedId, loadOtel, names,
+  parseStreamSettings, partitionOf, recordTtlMs, serverMaxPayload
 } from '@regionsync/shared'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -175,7 +175,7 @@ async function regionsyncPublisher (app: FastifyInstance, options: RegionsyncPlu
       if (o.replayGuard) {
         // An answer or a fence must outlive every delivery of its event: the stream's age, and a day.
         // As many replicas as the stream has, whichever process made it.
-        g = await ReplayGuard.open(conn, n, { region: o.region, recordTtlMs: (settings.maxAgeMs ?? DEFAULT_MAX_AGE_MS) + 86_400_000, replicas: stream.replicas })
+        g = await ReplayGuard.open(conn, n, { region: o.region, recordTtlMs: recordTtlMs(settings.maxAgeMs), replicas: stream.replicas })
         if (!g.perKeyTtl) {
           app.log.info({ server: conn.info?.version }, 'regionsync replay guard: this nats-server has no per-key TTLs (2.11+); released claims are kept for the bucket TTL')
         }
