@@ -70,8 +70,8 @@ export class RegionApi {
     })
     const replays: AnsweredReplay[] = []
     // App hooks run before the plugin's route hooks. The plugin answers a duplicate replay from its
-    // record in preHandler with the recorded bytes (a Buffer); every handler of the identity API
-    // sends an object or nothing, which reaches onSend serialized (a string) or undefined.
+    // record with the recorded bytes (a Buffer); every handler of the identity API sends an object
+    // or nothing, which reaches onSend serialized (a string) or undefined.
     app.addHook('onSend', async (req, reply, payload) => {
       const eventId = req.headers[IDEMPOTENCY_KEY_HEADER]
       if (typeof eventId !== 'string') return payload
@@ -82,7 +82,9 @@ export class RegionApi {
         method: req.method,
         url: req.url,
         status: reply.statusCode,
-        handled: !Buffer.isBuffer(payload) && reply.statusCode !== 429,
+        // The plugin's guard marks every answer it gives without the handler (a duplicate, an older
+        // event of the resource, a repeat still running) with x-regionsync-outcome.
+        handled: !Buffer.isBuffer(payload) && reply.statusCode !== 429 && reply.getHeader('x-regionsync-outcome') === undefined,
         at: Date.now()
       })
       return payload
