@@ -285,7 +285,10 @@ export class Replicator {
   async #settle (e: Entry, step: Step & { kind: 'done' | 'dead' }): Promise<void> {
     const v = this.#verdicts.get(e)
     this.#verdicts.delete(e)
-    this.#log.debug({ seq: e.seq, key: e.key, attempt: e.attempt, deliveryCount: e.deliveryCount, outcome: v?.kind === 'done' ? v.outcome : v?.kind ?? 'found-applied' }, 'event settled')
+    // Per event: the line's object is only built when someone reads it (a fault run's trace).
+    if (this.#log.isLevelEnabled('debug')) {
+      this.#log.debug({ seq: e.seq, key: e.key, attempt: e.attempt, deliveryCount: e.deliveryCount, outcome: v?.kind === 'done' ? v.outcome : v?.kind ?? 'found-applied' }, 'event settled')
+    }
     const id = eventOf(e)?.id ?? null
     if (step.kind === 'dead' && v?.kind === 'dead') {
       await this.#deadLetter(e, v)
