@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
-import { createSigner, encodeEvent, names, regionLag, type RegionsyncEvent } from '@regionsync/shared'
+import { createSigner, encodeEvent, names, partitionOf, regionLag, type RegionsyncEvent } from '@regionsync/shared'
 import { Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
@@ -318,6 +318,34 @@ describe('what is not sent, or sent once', () => {
       expect(seqs).toEqual([...seqs].sort((a, b) => a - b))
     }
     expect((await s.r.status()).applied + (await second.status()).applied).toBe(200)
+  })
+})
+
+describe('a delivery lost on the way', () => {
+  it('is read from the stream and applied in order, before the later events of its resource, not after its ack wait', async () => {
+    // The first replay is held, so the window (2) stays full and the replicator asks for nothing.
+    const s = await setup((_req, i) => ({ status: 200, delayMs: i === 0 ? 1500 : 0 }), { window: 2 })
+    const resource = 'items/a'
+    const event = (i: number): RegionsyncEvent => newEvent({ resource, method: 'PATCH', path: '/items/a', body: JSON.stringify({ seq: i }) })
+    await s.pub.publish(event(1))
+    await s.pub.publish(event(2))
+    await waitFor('the first replay to reach the target', () => s.target.requests.length === 1)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    // Event 3 is delivered to a pull nobody on the replicator's side sees: as when the server its
+    // connection went through died with the message on the way. The server counts it delivered.
+    await s.pub.publish(event(3))
+    const nc = await connection()
+    const consumer = names(s.ns).consumer(REGION, partitionOf(resource, s.r.partitions))
+    const stolen = await nc.request(`$JS.API.CONSUMER.MSG.NEXT.${names(s.ns).eventStream}.${consumer}`, JSON.stringify({ batch: 1, no_wait: true }), { timeout: 2000, noMux: true })
+    expect(JSON.parse(stolen.string()).body).toBe(JSON.stringify({ seq: 3 }))
+    await s.pub.publish(event(4))
+
+    await waitFor('four replays', () => s.target.requests.length >= 4)
+    const order = (): number[] => s.target.requests.map((r) => (JSON.parse(r.body.toString('utf8')) as { seq: number }).seq)
+    expect(order()).toEqual([1, 2, 3, 4])
+    // Its redelivery after the ack wait is found applied and acknowledged, not sent again.
+    await waitFor('pending to reach 0', async () => (await pending(s)) === 0, 20_000)
+    expect(order()).toEqual([1, 2, 3, 4])
   })
 })
 

@@ -99,16 +99,19 @@ async function pullNoWait (nc: NatsConnection, subject: string, batch: number): 
 }
 
 /**
- * Stream sequence and delivery count from a `$JS.ACK` reply subject: the 9-token form
- * (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`) or the newer form with
- * a domain and an account hash before the stream.
+ * Stream sequence, delivery count and consumer sequence from a `$JS.ACK` reply subject: the
+ * 9-token form (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`) or the
+ * newer form with a domain and an account hash before the stream. The consumer sequence numbers
+ * every delivery of the consumer, redeliveries included (2.9 and 2.15 alike), so a jump in it
+ * means a delivery that never arrived.
  */
-export function parseAckSubject (reply: string): { seq: number, deliveryCount: number } | null {
+export function parseAckSubject (reply: string): { seq: number, deliveryCount: number, consumerSeq: number } | null {
   const t = reply.split('.')
   if (t[0] !== '$JS' || t[1] !== 'ACK') return null
   const at = t.length === 9 ? 2 : t.length >= 11 ? 4 : -1
   if (at < 0) return null
   const deliveryCount = Number(t[at + 2])
   const seq = Number(t[at + 3])
-  return Number.isSafeInteger(seq) && Number.isSafeInteger(deliveryCount) ? { seq, deliveryCount } : null
+  const consumerSeq = Number(t[at + 4])
+  return Number.isSafeInteger(seq) && Number.isSafeInteger(deliveryCount) && Number.isSafeInteger(consumerSeq) ? { seq, deliveryCount, consumerSeq } : null
 }

@@ -15,7 +15,9 @@ function handle (answers: string[], seq: number): AckHandle {
 
 /** A pull source that hands out the queued messages when asked, as many as the pull asks for. */
 class FakePulls implements PullSource {
-  readonly queue: Array<{ seq: number, key: string, deliveryCount?: number }> = []
+  readonly queue: Array<{ seq: number, key: string, deliveryCount?: number, lost?: boolean }> = []
+  /** The consumer's delivery counter: a lost delivery takes a number too. */
+  consumerSeq = 0
   readonly pullsAsked: PullRequest[] = []
   onDelivery: (d: Delivery) => void = () => {}
   answers: string[] = []
@@ -27,7 +29,8 @@ class FakePulls implements PullSource {
     const batch = this.queue.splice(0, r.batch)
     queueMicrotask(() => {
       for (const m of batch) {
-        this.onDelivery({ seq: m.seq, deliveryCount: m.deliveryCount ?? 1, subject: 's', data: Buffer.from(m.key), headers: undefined, handle: handle(this.answers, m.seq) })
+        const consumerSeq = ++this.consumerSeq
+        if (m.lost !== true) this.onDelivery({ seq: m.seq, deliveryCount: m.deliveryCount ?? 1, consumerSeq, subject: 's', data: Buffer.from(m.key), headers: undefined, handle: handle(this.answers, m.seq) })
       }
     })
   }
@@ -44,14 +47,17 @@ interface Harness {
   settled: number[]
   owns: { value: boolean }
   fencedCalls: number[]
+  /** The stream reads for lost deliveries: (after, before). */
+  reads: Array<[number, number]>
 }
 
-function harness (o: { window?: number, run?: (e: Entry) => Promise<Step>, outstanding?: StoredEvent[], isApplied?: (e: Entry) => boolean } = {}): Harness {
+function harness (o: { window?: number, run?: (e: Entry) => Promise<Step>, outstanding?: StoredEvent[], isApplied?: (e: Entry) => boolean, stream?: StoredEvent[] } = {}): Harness {
   const pulls = new FakePulls()
   const applied = new Map<string, number[]>()
   const settled: number[] = []
   const owns = { value: true }
   const fencedCalls: number[] = []
+  const reads: Array<[number, number]> = []
   const deps: PartitionWorkerDeps = {
     partition: 3,
     window: o.window ?? 8,
@@ -69,10 +75,14 @@ function harness (o: { window?: number, run?: (e: Entry) => Promise<Step>, outst
     }),
     settle: async (e) => { settled.push(e.seq) },
     outstanding: async () => o.outstanding ?? [],
+    between: async (after, before) => {
+      reads.push([after, before])
+      return (o.stream ?? []).filter((s) => s.seq > after && s.seq < before)
+    },
     pulls: (h) => { pulls.onDelivery = h.onDelivery; return pulls },
     log: silent
   }
-  return { worker: new PartitionWorker(deps), pulls, applied, settled, owns, fencedCalls }
+  return { worker: new PartitionWorker(deps), pulls, applied, settled, owns, fencedCalls, reads }
 }
 
 async function until (what: string, cond: () => boolean, ms = 2000): Promise<void> {
@@ -156,7 +166,7 @@ describe('partition worker: lanes and window', () => {
     h.pulls.queue.push({ seq: 1, key: 'k' })
     await h.worker.start()
     await until('the first delivery to start', () => started === 1)
-    h.pulls.onDelivery({ seq: 1, deliveryCount: 2, subject: 's', data: Buffer.from('k'), headers: undefined, handle: handle(h.pulls.answers, 1) })
+    h.pulls.onDelivery({ seq: 1, deliveryCount: 2, consumerSeq: ++h.pulls.consumerSeq, subject: 's', data: Buffer.from('k'), headers: undefined, handle: handle(h.pulls.answers, 1) })
     release()
     await until('settled', () => h.settled.length === 1)
     await new Promise((resolve) => setTimeout(resolve, 50))
@@ -188,10 +198,57 @@ describe('partition worker: lanes and window', () => {
   })
 })
 
+describe('partition worker: a delivery that never arrived', () => {
+  const stored = (seq: number, key: string): StoredEvent => ({ seq, subject: 's', data: Buffer.from(key), signature: undefined })
+
+  it('is read from the stream and applied before the later events of its key, without waiting for its redelivery', async () => {
+    // Events 2 and 5 of key k are delivered (numbered by the consumer) but lost on the way.
+    const events = [stored(1, 'k'), stored(2, 'k'), stored(3, 'j'), stored(4, 'k'), stored(5, 'k'), stored(6, 'k')]
+    const h = harness({ stream: events })
+    h.pulls.queue.push({ seq: 1, key: 'k' }, { seq: 2, key: 'k', lost: true }, { seq: 3, key: 'j' }, { seq: 4, key: 'k' }, { seq: 5, key: 'k', lost: true }, { seq: 6, key: 'k' })
+    await h.worker.start()
+    await until('every event applied', () => h.settled.length === 6)
+    expect(h.applied.get('k')).toEqual([1, 2, 4, 5, 6])
+    expect(h.applied.get('j')).toEqual([3])
+    expect(h.reads).toEqual([[1, 3], [4, 6]])
+    // The lost ones are acknowledged when the server sends them again, not before.
+    await until('the delivered ones acked', () => h.pulls.answers.length === 4)
+    expect(h.pulls.answers.map((a) => Number(a.split(':')[0])).sort()).toEqual([1, 3, 4, 6])
+    await h.worker.stop('release', 0)
+  })
+
+  it('its redelivery after the ack wait is acknowledged without applying it again', async () => {
+    const h = harness({ stream: [stored(1, 'k'), stored(2, 'k'), stored(3, 'k')], isApplied: (e) => e.seq === 2 && e.deliveryCount > 1 })
+    h.pulls.queue.push({ seq: 1, key: 'k' }, { seq: 2, key: 'k', lost: true }, { seq: 3, key: 'k' })
+    await h.worker.start()
+    await until('all three applied', () => h.settled.length === 3)
+    h.pulls.queue.push({ seq: 2, key: 'k', deliveryCount: 2 })
+    h.worker.reverify()
+    await until('the redelivery acked', () => h.pulls.answers.includes('2:+ACK'))
+    expect(h.applied.get('k')).toEqual([1, 2, 3])
+    await h.worker.stop('release', 0)
+  })
+
+  it('a new consumer leader numbering deliveries from lower down is no loss', async () => {
+    const h = harness({ stream: [stored(1, 'k'), stored(2, 'k')] })
+    h.pulls.queue.push({ seq: 1, key: 'k' }, { seq: 2, key: 'k' })
+    await h.worker.start()
+    await until('both applied', () => h.settled.length === 2)
+    // The new leader starts again at 1 and resends what it did not know was delivered.
+    h.pulls.consumerSeq = 0
+    h.pulls.queue.push({ seq: 3, key: 'k' })
+    h.worker.reverify()
+    await until('the third applied', () => h.settled.length === 3)
+    expect(h.applied.get('k')).toEqual([1, 2, 3])
+    expect(h.reads).toEqual([])
+    await h.worker.stop('release', 0)
+  })
+})
+
 describe('ack subjects', () => {
-  it('reads the stream sequence and delivery count from the old and the new reply subject forms', () => {
-    expect(parseAckSubject('$JS.ACK.EV.c1.3.1042.77.1700000000000000000.5')).toEqual({ seq: 1042, deliveryCount: 3 })
-    expect(parseAckSubject('$JS.ACK.dom.ACCHASH.EV.c1.2.99.12.1700000000000000000.0.xyz')).toEqual({ seq: 99, deliveryCount: 2 })
+  it('reads the stream sequence, delivery count and consumer sequence from the old and the new reply subject forms', () => {
+    expect(parseAckSubject('$JS.ACK.EV.c1.3.1042.77.1700000000000000000.5')).toEqual({ seq: 1042, deliveryCount: 3, consumerSeq: 77 })
+    expect(parseAckSubject('$JS.ACK.dom.ACCHASH.EV.c1.2.99.12.1700000000000000000.0.xyz')).toEqual({ seq: 99, deliveryCount: 2, consumerSeq: 12 })
     expect(parseAckSubject('$JS.API.CONSUMER.INFO.EV.c1')).toBeNull()
     expect(parseAckSubject('_INBOX.abc')).toBeNull()
   })

@@ -59,6 +59,8 @@ export interface PartitionWorkerDeps {
   settle: (e: Entry, step: Step & { kind: 'done' | 'dead' }) => Promise<void>
   /** Events the previous owner may still have held: (ack floor, last delivered] of the partition. */
   outstanding: () => Promise<StoredEvent[]>
+  /** The partition's events strictly between two stream sequences, read from the stream. */
+  between: (afterSeq: number, beforeSeq: number) => Promise<StoredEvent[]>
   pulls: (handlers: { onDelivery: (d: Delivery) => void, onEnded: (status: number | null) => void }) => PullSource
   log: Logger
 }
@@ -110,6 +112,21 @@ export class PartitionWorker {
   /** Ends every retry wait at once (on stop). */
   readonly #wakers = new Set<() => void>()
   #appliedThrough = 0
+  /** The consumer sequence of the last delivery received; 0 before the first. */
+  #lastDelivery = 0
+  /** Highest stream sequence received or read: no event above it runs before what lies below is known. */
+  #highest = 0
+  /**
+   * A delivery never arrived (its connection's server died with it on the way, say): the server
+   * counts it as delivered and sends it again only after the ack wait, so a later event of its
+   * resource could run first. Holds the consumer sequence of the delivery that showed the gap (0
+   * when none): until a first delivery numbered at least that arrives with the stream read up to
+   * it, every event above #highest waits for the stream to be read below it.
+   */
+  #missedAt = 0
+  /** Deliveries held back while the stream is read for missing ones, in arrival order. */
+  readonly #queued: Delivery[] = []
+  #filling = false
 
   constructor (deps: PartitionWorkerDeps) {
     this.#d = deps
@@ -157,6 +174,21 @@ export class PartitionWorker {
   }
 
   #onDelivery (m: Delivery): void {
+    // The server numbers every delivery of the consumer; a new consumer leader may start lower
+    // (it resends what it does not know was delivered), which loses nothing.
+    if (this.#lastDelivery > 0 && m.consumerSeq > this.#lastDelivery + 1) {
+      this.#missedAt = m.consumerSeq
+      this.#d.log.info({ partition: this.partition, expected: this.#lastDelivery + 1, got: m.consumerSeq }, 'a delivery never arrived; reading the partition for it')
+    }
+    this.#lastDelivery = m.consumerSeq
+    if (this.#filling) {
+      this.#queued.push(m)
+      return
+    }
+    this.#take(m)
+  }
+
+  #take (m: Delivery): void {
     const held = this.#held.get(m.seq)
     if (held !== undefined) {
       // Redelivered while still held (the ack wait ran out, or it was the previous owner's):
@@ -169,10 +201,55 @@ export class PartitionWorker {
       m.handle.nak()
       return
     }
+    if (this.#missedAt > 0 && m.seq > this.#highest) {
+      if (m.seq > this.#highest + 1) {
+        this.#queued.push(m)
+        void this.#fill(m.seq)
+        return
+      }
+      // Nothing lies below it unread. The server sends first deliveries in stream order, so once
+      // one numbered after the gap is here, every lost first delivery lay below it.
+      if (m.deliveryCount === 1 && m.consumerSeq >= this.#missedAt) this.#missedAt = 0
+    }
     this.#admit({ seq: m.seq, subject: m.subject, data: m.data, signature: m.headers?.get('Regionsync-Signature') || undefined, deliveryCount: m.deliveryCount, handle: m.handle })
   }
 
+  /**
+   * Reads the partition between the highest event known and `beforeSeq` (a delivery held back in
+   * #queued), admits what it finds, then the held-back deliveries in order.
+   */
+  async #fill (beforeSeq: number): Promise<void> {
+    this.#filling = true
+    try {
+      for (let failures = 0; ; failures++) {
+        if (this.#stopping !== null) return
+        try {
+          const found = await this.#d.between(this.#highest, beforeSeq)
+          if (this.#stopping !== null) return
+          for (const s of found) if (!this.#held.has(s.seq)) this.#admit({ ...s, deliveryCount: 0, handle: null })
+          this.#d.log.info({ partition: this.partition, after: this.#highest, before: beforeSeq, found: found.length }, 'read the partition for a delivery that never arrived')
+          this.#highest = Math.max(this.#highest, beforeSeq - 1)
+          break
+        } catch (err) {
+          if (failures === 0) this.#d.log.warn({ err, partition: this.partition }, 'could not read the partition for a lost delivery; retrying')
+          await this.#sleep(Math.min(2000, 100 * (failures + 1)))
+        }
+      }
+    } finally {
+      this.#filling = false
+      const queued = this.#queued.splice(0)
+      // Stopping: hand them back. Otherwise in order; one may start the next read, and the rest wait for it.
+      for (const m of queued) {
+        if (this.#filling) this.#queued.push(m)
+        else if (this.#stopping !== null) m.handle.nak()
+        else this.#take(m)
+      }
+      this.#pump()
+    }
+  }
+
   #admit (s: StoredEvent & { deliveryCount: number, handle: AckHandle | null }): void {
+    if (s.seq > this.#highest) this.#highest = s.seq
     const d = this.#d.decode(s.data)
     const e: Entry = {
       ...s,
@@ -297,7 +374,7 @@ export class PartitionWorker {
     if (pulls === null || this.#stopping !== null) return
     const valid = this.#d.validForMs()
     if (valid < MIN_PULL_MS + PULL_MARGIN_MS) return
-    const free = this.#d.window - this.#held.size - pulls.requested
+    const free = this.#d.window - this.#held.size - this.#queued.length - pulls.requested
     if (free <= 0) return
     // Small top-ups cost a request each; wait for a useful batch unless nothing is asked for.
     if (free < Math.max(1, Math.floor(this.#d.window / 8)) && pulls.live > 0) return
@@ -343,6 +420,7 @@ export class PartitionWorker {
     }
     await Promise.allSettled([...this.#running])
     for (const e of this.#held.values()) this.#handBack(e)
+    if (!this.#filling) for (const m of this.#queued.splice(0)) m.handle.nak()
     this.#pulls?.close()
   }
 }

@@ -6,6 +6,8 @@ export interface Delivery {
   seq: number
   /** 1 on a first delivery; more on a redelivery. */
   deliveryCount: number
+  /** The consumer's number for this delivery: one more than the last, unless one was lost on the way. */
+  consumerSeq: number
   subject: string
   data: Uint8Array
   headers: MsgHdrs | undefined
@@ -138,16 +140,19 @@ export class PullStream {
     if (info === null || msg.reply === undefined) return
     // A message comes under its stream subject, not the pull's: the server fills pulls in the
     // order they arrived, so it counts against the oldest.
+    let filled: string | null = null
     for (const [token, p] of this.#pulls) {
-      if (--p.remaining <= 0) this.#end(token, null)
+      if (--p.remaining <= 0) filled = token
       break
     }
     if (this.#stopped) {
       // Arrived after stop: hand it straight back.
       new AckHandle(this.#nc, this.#writes, msg.reply).nak()
-      return
+    } else {
+      this.#onDelivery({ seq: info.seq, deliveryCount: info.deliveryCount, consumerSeq: info.consumerSeq, subject: msg.subject, data: msg.data, headers: msg.headers, handle: new AckHandle(this.#nc, this.#writes, msg.reply) })
     }
-    this.#onDelivery({ seq: info.seq, deliveryCount: info.deliveryCount, subject: msg.subject, data: msg.data, headers: msg.headers, handle: new AckHandle(this.#nc, this.#writes, msg.reply) })
+    // Only now: whoever is told the pull ended counts this message as held, not as still to come.
+    if (filled !== null) this.#end(filled, null)
   }
 
   #end (token: string, status: number | null): void {

@@ -193,6 +193,7 @@ export class Replicator {
       run: async (e) => await this.#attempt(e, () => own.owns(partition, epoch)),
       settle: async (e, step) => await this.#settle(e, step),
       outstanding: async () => await this.#outstanding(partition),
+      between: async (after, before) => await this.#readPartition(partition, after + 1, before - 1),
       pulls: (handlers) => new PullStream(this.#o.connection, this.#writes, this.#n.eventStream, consumer, handlers),
       log: this.#log
     })
@@ -214,8 +215,11 @@ export class Replicator {
   async #outstanding (partition: number): Promise<StoredEvent[]> {
     const info = await this.#jsm.consumers.info(this.#n.eventStream, this.#n.consumer(this.region, partition))
     if (info.num_ack_pending === 0) return []
-    const from = info.ack_floor.stream_seq + 1
-    const to = info.delivered.stream_seq
+    return await this.#readPartition(partition, info.ack_floor.stream_seq + 1, info.delivered.stream_seq)
+  }
+
+  /** The partition's events from stream sequence `from` to `to`, inclusive, read from the stream. */
+  async #readPartition (partition: number, from: number, to: number): Promise<StoredEvent[]> {
     const msgs = await readSubjectRange(this.#o.connection, this.#jsm, this.#n.eventStream, this.#n.partitionFilter(partition), from, to)
     return msgs.map((m) => ({ seq: m.seq, subject: m.subject, data: m.data, signature: m.headers?.get(EVENT_SIGNATURE_HEADER) || undefined }))
   }
