@@ -149,6 +149,30 @@ describe.each(BINS)('replay guard on %s', (bin) => {
     expect(t.handled()).toBe(1)
   })
 
+  it('a claim written although its write timed out (NATS frozen) is taken over by the next delivery at once, and the handler runs once', async () => {
+    const t = await target()
+    const records = await RegionRecords.open(t.nc, names(t.ns).replayBucket, 'eu', { replicas: 1, description: 'test' })
+    cleanup.push(async () => { records.close() })
+    const id = eventId()
+    // The claim reaches the server's socket, but the server answers only after the plugin gave up:
+    // the replay is refused (nothing ran), and the claim is written late.
+    server.freeze()
+    let first: Sent
+    try {
+      first = await replay(t.url, { eventId: id, seq: 1 })
+    } finally {
+      server.thaw()
+    }
+    expect(first.status).toBe(503)
+    await waitFor('the late claim to be written', async () => (await records.get(id))?.includes('"running"'))
+    expect(t.handled()).toBe(0)
+    // The retry does not wait CLAIM_ABANDONED_MS for a claim nobody is running.
+    const second = await replay(t.url, { eventId: id, seq: 1 })
+    expect(second.status).toBe(201)
+    expect((await replay(t.url, { eventId: id, seq: 1 })).headers[REPLAY_OUTCOME_HEADER]).toBe('duplicate')
+    expect(t.handled()).toBe(1)
+  }, 30_000)
+
   it('a replay answered non-2xx gives its claim back: the retry runs the handler', async () => {
     const t = await target((n) => n === 1 ? 503 : 201)
     const id = eventId()

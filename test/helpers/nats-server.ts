@@ -78,7 +78,18 @@ export class NatsServer {
     this.#proc = null
   }
 
+  /** SIGSTOP: the server takes what clients send into its socket and answers nothing, until thawed. */
+  freeze (): void {
+    this.#proc?.kill('SIGSTOP')
+  }
+
+  /** SIGCONT: it reads and serves what waited meanwhile, late. */
+  thaw (): void {
+    this.#proc?.kill('SIGCONT')
+  }
+
   async stop (): Promise<void> {
+    this.thaw()
     await this.kill('SIGTERM')
     await rm(this.storeDir, { recursive: true, force: true })
   }

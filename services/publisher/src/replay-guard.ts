@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { RegionRecords, type Names, type RecordEntry } from '@regionsync/shared'
 
@@ -11,7 +11,8 @@ export const MAX_RECORDED_BODY_BYTES = 64 * 1024
  * over. It must be longer than any replay can honestly take: the replicator gives up on a request
  * after its target timeout (10 s by default) and JetStream redelivers after the ack wait (30 s by
  * default), so past a minute nobody is waiting on the first attempt any more. A handler slower
- * than this may run twice.
+ * than this may run twice. A claim this process left itself, with no handler running (its write
+ * timed out yet landed, or giving it back failed), is taken over at the next delivery, at once.
  */
 export const CLAIM_ABANDONED_MS = 60_000
 
@@ -23,14 +24,19 @@ export interface RecordedAnswer {
   body: string
 }
 
-/** One replay's record, under `<region>.<event id>`. */
+/**
+ * One replay's record, under `<region>.<event id>`. `by` names the attempt that claimed it
+ * (`<process>:<n>`; absent in records of earlier versions).
+ */
 export type ReplayRecord =
-  | { state: 'running', bodyHash: string, at: number }
+  | { state: 'running', bodyHash: string, at: number, by?: string }
   | ({ state: 'finished', bodyHash: string, at: number } & RecordedAnswer)
 
 /** A replay this process claimed: it runs the handler, then finishes or releases the claim. */
 export interface Claim {
   eventId: string
+  /** The attempt, as its record names it. */
+  by: string
   revision: number
   bodyHash: string
   /** The resource's fence when the claim was taken, to raise after a 2xx; null without a sequence. */
@@ -59,12 +65,16 @@ export type Verdict =
 /**
  * What an existing record means for a replay with `bodyHash`, at `nowMs`: a pure function, the
  * whole policy of the guard (draft-ietf-httpapi-idempotency-key-header for the answers).
+ * `dead(by)` says whether a running claim is known never to run its handler any more: one of this
+ * process's own attempts that is over without recording an answer (its claim was written although
+ * the write timed out, or giving it back failed).
  */
-export function judgeRecord (record: ReplayRecord | null, bodyHash: string, nowMs: number): 'take-over' | 'duplicate' | 'in-progress' | 'different-body' {
+export function judgeRecord (record: ReplayRecord | null, bodyHash: string, nowMs: number, dead: (by: string) => boolean = () => false): 'take-over' | 'duplicate' | 'in-progress' | 'different-body' {
   // A released claim (delete marker): the earlier attempt answered non-2xx and may be retried.
   if (record === null) return 'take-over'
   if (record.bodyHash !== bodyHash) return 'different-body'
   if (record.state === 'finished') return 'duplicate'
+  if (record.by !== undefined && dead(record.by)) return 'take-over'
   return nowMs - record.at >= CLAIM_ABANDONED_MS ? 'take-over' : 'in-progress'
 }
 
@@ -102,6 +112,11 @@ export class ReplayGuard {
   readonly #fences: RegionRecords
   readonly #s: ReplayGuardSettings
   readonly #now: () => number
+  /** Names this process's claims: `<process>:<n>`. */
+  readonly #process = randomBytes(6).toString('base64url')
+  #attempts = 0
+  /** This process's attempts that may still run their handler: claiming, or claimed and not yet answered. */
+  readonly #live = new Set<string>()
 
   private constructor (claims: RegionRecords, fences: RegionRecords, s: ReplayGuardSettings) {
     this.#claims = claims
@@ -128,9 +143,24 @@ export class ReplayGuard {
    * nobody can tell, and the replay must not run either.
    */
   async claim (eventId: string, body: Buffer | null, seq: number | null, resource: string): Promise<Verdict> {
+    const by = `${this.#process}:${++this.#attempts}`
+    this.#live.add(by)
+    let verdict: Verdict | undefined
+    try {
+      verdict = await this.#claim(eventId, body, seq, resource, by)
+      return verdict
+    } finally {
+      // Only a claim handed to the caller may still run; a write that failed or timed out may have
+      // left the record, which the next delivery then takes over at once (see judgeRecord).
+      if (verdict?.kind !== 'run') this.#live.delete(by)
+    }
+  }
+
+  async #claim (eventId: string, body: Buffer | null, seq: number | null, resource: string, by: string): Promise<Verdict> {
     const bodyHash = bodyHashOf(body)
     const fenceId = seq === null || resource === '' ? null : fenceIdOf(resource)
-    const running = (): string => JSON.stringify({ state: 'running', bodyHash, at: this.#now() } satisfies ReplayRecord)
+    const running = (): string => JSON.stringify({ state: 'running', bodyHash, at: this.#now(), by } satisfies ReplayRecord)
+    const dead = (other: string): boolean => other.startsWith(`${this.#process}:`) && !this.#live.has(other)
     const [created, fenceEntry] = await Promise.all([
       this.#claims.create(eventId, running(), { ttlMs: this.#s.recordTtlMs }),
       fenceId === null ? null : this.#fences.entry(fenceId)
@@ -144,7 +174,7 @@ export class ReplayGuard {
         continue
       }
       const record = parseRecord(entry)
-      const judged = judgeRecord(record, bodyHash, this.#now())
+      const judged = judgeRecord(record, bodyHash, this.#now(), dead)
       if (judged === 'duplicate') return { kind: 'duplicate', answer: record as RecordedAnswer }
       if (judged !== 'take-over') return { kind: judged }
       revision = await this.#claims.update(eventId, running(), entry.revision, { ttlMs: this.#s.recordTtlMs })
@@ -152,7 +182,7 @@ export class ReplayGuard {
       if (revision === null && attempt > 2) return { kind: 'in-progress' }
     }
     const last = fenceEntry === null || fenceEntry.value === null ? null : { seq: Number(fenceEntry.value), revision: fenceEntry.revision }
-    const claim: Claim = { eventId, revision, bodyHash, fence: fenceId === null ? null : { id: fenceId, seq: seq as number, last } }
+    const claim: Claim = { eventId, by, revision, bodyHash, fence: fenceId === null ? null : { id: fenceId, seq: seq as number, last } }
     if (claim.fence !== null && isSuperseded(claim.fence.seq, last?.seq ?? null)) {
       // Recorded as answered, so its next delivery is answered the same without a fence read.
       await this.#finishClaim(claim, SUPERSEDED_ANSWER)
@@ -167,11 +197,18 @@ export class ReplayGuard {
    */
   async finish (claim: Claim, answer: RecordedAnswer): Promise<void> {
     await Promise.all([this.#finishClaim(claim, answer), this.#raiseFence(claim)])
+    this.#live.delete(claim.by)
   }
 
   /** After a non-2xx: gives the claim back, so the replicator's retry runs the handler again. */
   async release (claim: Claim): Promise<void> {
-    await this.#claims.remove(claim.eventId, claim.revision, { ttlMs: CLAIM_ABANDONED_MS })
+    try {
+      await this.#claims.remove(claim.eventId, claim.revision, { ttlMs: CLAIM_ABANDONED_MS })
+    } finally {
+      // Its handler is over either way: when the marker could not be written, the next delivery
+      // to this process takes the claim over (another process waits CLAIM_ABANDONED_MS).
+      this.#live.delete(claim.by)
+    }
   }
 
   close (): void {
