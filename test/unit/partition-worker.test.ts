@@ -60,7 +60,7 @@ function harness (o: { window?: number, run?: (e: Entry) => Promise<Step>, outst
   const reads: Array<[number, number]> = []
   const deps: PartitionWorkerDeps = {
     partition: 3,
-    window: o.window ?? 8,
+    window: () => o.window ?? 8,
     ackWaitMs: 30_000,
     owns: () => owns.value,
     fenced: () => { fencedCalls.push(Date.now()) },

@@ -40,7 +40,7 @@ export interface StoredEvent {
 export interface PartitionWorkerDeps {
   partition: number
   /** Events held at once (delivered and not yet acknowledged, or asked for). */
-  window: number
+  window: () => number
   /** The consumer's ack wait: a held event is signalled as in progress well within it. */
   ackWaitMs: number
   /** True while this instance may act for the partition. */
@@ -374,10 +374,11 @@ export class PartitionWorker {
     if (pulls === null || this.#stopping !== null) return
     const valid = this.#d.validForMs()
     if (valid < MIN_PULL_MS + PULL_MARGIN_MS) return
-    const free = this.#d.window - this.#held.size - this.#queued.length - pulls.requested
+    const window = this.#d.window()
+    const free = window - this.#held.size - this.#queued.length - pulls.requested
     if (free <= 0) return
     // Small top-ups cost a request each; wait for a useful batch unless nothing is asked for.
-    if (free < Math.max(1, Math.floor(this.#d.window / 8)) && pulls.live > 0) return
+    if (free < Math.max(1, Math.floor(window / 8)) && pulls.live > 0) return
     pulls.pull({ batch: free, expiresMs: Math.min(PULL_MAX_MS, valid - PULL_MARGIN_MS) })
   }
 
