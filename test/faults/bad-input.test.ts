@@ -7,9 +7,9 @@ import {
 } from '@regionsync/shared'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { runRegionsync } from '../helpers/child-process.js'
 import { EventPublisher } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
-import { runRegionsync } from './processes.js'
 import { useFaultSystem } from './fixture.js'
 import type { FaultSystem } from './system.js'
 import { verifyRun } from './verify.js'
@@ -274,7 +274,7 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
     // The large event's letter does not carry it: `dlq replay` reads it from the stream and
     // evaluates it again (the target still refuses it).
     const huge = letters.find((l) => l.region === 'eu' && l.detail.includes('413'))!
-    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', faults.nats.url, '--namespace', s.ns])
+    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', faults.nats.url, '--namespace', s.ns], { timeoutMs: 30_000 })
     expect(replay.stdout.trim(), replay.stderr).toBe(`${huge.eventId}  failed  rejected: target answered 413`)
     expect(replay.code).toBe(1)
     // The older update was not applied a second time: the newer name stands everywhere.
