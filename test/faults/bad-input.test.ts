@@ -12,7 +12,7 @@ import { EventPublisher } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
 import { useFaultSystem } from './fixture.js'
 import type { FaultSystem } from './system.js'
-import { verifyRun } from './verify.js'
+import { expectReplicatorsRunning, verifyRun } from './verify.js'
 import { write } from './workload.js'
 import { streamMessages } from '../helpers/stream.js'
 
@@ -279,7 +279,7 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
     expect(replay.code).toBe(1)
     // The older update was not applied a second time: the newer name stands everywhere.
     for (const r of s.regions) expect((await r.api.state()).users.find((u) => u.id === rid)?.name, r.name).toBe('r2')
-    for (const r of s.regions) for (const p of r.replicators) expect(p.running, `${p.label} still running`).toBe(true)
+    expectReplicatorsRunning(s)
     expect(STREAM_CASES.length + pluginCases.length).toBeGreaterThanOrEqual(25)
     expect(report.acknowledged).toBe(goods + 3 + 3)
     expect(replayedAck.duplicate).toBe(false)
