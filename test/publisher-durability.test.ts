@@ -1,9 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
@@ -16,6 +14,7 @@ import {
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { ApiProcess } from './helpers/child-process.js'
 import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
@@ -28,8 +27,6 @@ import { streamMessages } from './helpers/stream.js'
  * example API as a child process, nats-server killed and restarted on its store, replicators) and
  * checks what a user would see: the other region's data, the stream, the metrics.
  */
-
-const SERVER = fileURLToPath(new URL('../examples/dist/server.js', import.meta.url))
 
 const h = useNats()
 
@@ -212,49 +209,15 @@ function mismatch (s: IdentityState, views: ClientView[]): string | null {
   return null
 }
 
-/** The example API as its own process (examples/dist/server.js), which a test may kill -9 and start again. */
-class ApiProcess {
-  proc: ChildProcess | null = null
-  output = ''
-  constructor (readonly port: number, readonly env: NodeJS.ProcessEnv) {}
-
-  get url (): string {
-    return `http://127.0.0.1:${this.port}`
-  }
-
-  async start (): Promise<void> {
-    const proc = spawn(process.execPath, [SERVER], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] })
-    this.proc = proc
-    proc.stdout!.setEncoding('utf8').on('data', (d: string) => { this.output += d })
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.output += d })
-    await waitFor('the API process to answer /healthz', async () => {
-      if (proc.exitCode !== null) throw new Error(`the API process exited with ${proc.exitCode}: ${this.output}`)
-      return (await send(this.url, 'GET', '/healthz')) === 200
-    }, 15_000).catch((err: Error) => { throw new Error(`${err.message}; its output: ${this.output}`) })
-  }
-
-  async kill (): Promise<void> {
-    const proc = this.proc
-    if (proc === null || proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = new Promise((resolve) => proc.once('exit', resolve))
-    proc.kill('SIGKILL')
-    await exited
-  }
-}
-
 /** Region us as `node examples/dist/server.js`, with its spool in a temporary directory it keeps across restarts. */
 async function sourceProcess (ns: string): Promise<ApiProcess> {
   const port = await freePort()
   const source = new ApiProcess(port, {
-    PATH: process.env.PATH,
     REGION: 'us',
-    HOST: '127.0.0.1',
-    PORT: String(port),
     NATS_URL: h.nats.url,
     REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
     REGIONSYNC_NAMESPACE: ns,
-    REGIONSYNC_SPOOL_DIR: join(await tempDir('regionsync-source-'), 'spool'),
-    LOG_LEVEL: 'warn'
+    REGIONSYNC_SPOOL_DIR: join(await tempDir('regionsync-source-'), 'spool')
   })
   h.defer(async () => await source.kill())
   await source.start()
@@ -270,7 +233,7 @@ describe('I1: kill -9 of the source API', () => {
 
     // Before the kill: 6 users written at once, each in order, up to 25 writes; killed after 60 answers.
     let answered = 0
-    let killed: Promise<void> | null = null
+    let killed: Promise<unknown> | null = null
     const before = await Promise.all(Array.from({ length: 6 }, async (_, k) => await writeUser(source.url, `a${k}`, 25, () => {
       if (++answered === 60) killed = source.kill()
     })))

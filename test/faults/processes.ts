@@ -1,11 +1,8 @@
-import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { NodeProcess, RegionsyncProcess } from '../helpers/child-process.js'
+import { RegionsyncProcess } from '../helpers/child-process.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
 
-const API_SERVER = fileURLToPath(new URL('../../examples/dist/server.js', import.meta.url))
-
-/** Everything a child printed is kept up to this, for failure messages and the credential scan. */
+/** Everything a replicator printed is kept up to this, for failure messages and the credential scan. */
 const OUTPUT_KEEP_CHARS = 8 * 1024 * 1024
 
 /** One `regionsync replicate` instance, as an operator runs it; a fault may kill -9 it and start it again. */
@@ -32,30 +29,5 @@ export class ReplicatorProcess extends RegionsyncProcess {
       await res.body.dump()
       return res.statusCode === 200
     }, 30_000)
-  }
-}
-
-/** The example API (examples/dist/server.js) as the source region's own process. */
-export class ApiProcess extends NodeProcess {
-  constructor (readonly port: number, env: NodeJS.ProcessEnv) {
-    super(API_SERVER, [], {
-      label: `API on ${port}`,
-      env: { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', ...env },
-      keepChars: OUTPUT_KEEP_CHARS
-    })
-  }
-
-  get url (): string {
-    return `http://127.0.0.1:${this.port}`
-  }
-
-  async start (): Promise<void> {
-    this.spawn()
-    await waitFor(`${this.label} /healthz`, async () => {
-      if (!this.running) throw new Error(`${this.label} exited with ${this.proc.exitCode ?? this.proc.signalCode}: ${this.tail()}`)
-      const res = await request(`${this.url}/healthz`)
-      await res.body.dump()
-      return res.statusCode === 200
-    }, 20_000).catch((err: Error) => { throw new Error(`${err.message}; its output: ${this.tail()}`) })
   }
 }

@@ -1,9 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { basename } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { request } from 'undici'
+import { waitFor } from './fixtures.js'
 
 /** The `regionsync` command as the package installs it. */
 export const REGIONSYNC_BIN = fileURLToPath(new URL('../../services/replicator/bin/regionsync.js', import.meta.url))
+
+/** The example identity API's server, as its Docker image runs it. */
+export const EXAMPLE_API_SERVER = fileURLToPath(new URL('../../examples/dist/server.js', import.meta.url))
 
 /** How much of each stream a child keeps by default: the tail, for failure messages and scans. */
 export const DEFAULT_KEEP_CHARS = 1024 * 1024
@@ -170,6 +175,31 @@ export class RegionsyncProcess extends NodeProcess {
   /** The port of the latest run's pino line "metrics listening". */
   async metricsPort (timeoutMs = 20_000): Promise<number> {
     return await this.logNumber('metrics listening', 'port', timeoutMs)
+  }
+}
+
+/**
+ * The example API (examples/dist/server.js) as a region's own process, on 127.0.0.1:`port`, which a
+ * test may kill -9 and start again the same way (same port, same spool directory).
+ */
+export class ApiProcess extends NodeProcess {
+  constructor (readonly port: number, env: NodeJS.ProcessEnv) {
+    super(EXAMPLE_API_SERVER, [], { label: `API on ${port}`, env: { HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', ...env } })
+  }
+
+  get url (): string {
+    return `http://127.0.0.1:${this.port}`
+  }
+
+  /** Starts a run and waits for its /healthz. */
+  async start (): Promise<void> {
+    this.spawn()
+    await waitFor(`${this.label} /healthz`, async () => {
+      if (!this.running) throw new Error(`${this.label} exited with ${this.proc.exitCode ?? this.proc.signalCode}: ${this.tail()}`)
+      const res = await request(`${this.url}/healthz`)
+      await res.body.dump()
+      return res.statusCode === 200
+    }, 20_000).catch((err: Error) => { throw new Error(`${err.message}; its output: ${this.tail()}`) })
   }
 }
 
