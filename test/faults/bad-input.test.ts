@@ -8,7 +8,7 @@ import {
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { runRegionsync } from '../helpers/child-process.js'
-import { EventPublisher } from '../helpers/events.js'
+import { EventPublisher, newEvent } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
 import { useFaultSystem } from './fixture.js'
 import type { FaultSystem } from './system.js'
@@ -22,13 +22,9 @@ const OTHER_KEY = randomBytes(32).toString('hex')
 
 /** A valid event from `us`, as the plugin would make it, to break in one way. */
 function base (over: Partial<Parameters<typeof createEvent>[0]> = {}): RegionsyncEvent {
-  return createEvent({
-    origin: 'us',
-    method: 'POST',
-    path: '/v3/users',
+  return newEvent({
     query: '',
-    contentType: 'application/json',
-    body: Buffer.from(JSON.stringify({ user: { id: `bad-${randomBytes(4).toString('hex')}`, name: 'bad' } })),
+    body: JSON.stringify({ user: { id: `bad-${randomBytes(4).toString('hex')}`, name: 'bad' } }),
     resource: '/v3/users/bad',
     ...over
   })
