@@ -18,7 +18,7 @@ import { ApiProcess } from './helpers/child-process.js'
 import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
-import { TestTarget } from './helpers/target.js'
+import { TestTarget, type ReceivedRequest } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
 import { streamMessages } from './helpers/stream.js'
 
@@ -607,20 +607,46 @@ describe('I4: replay guard', () => {
   })
 })
 
+/** A source API with the plugin on `ns`, sealing what `sealing` asks, whose `POST path` answers 201 with `answer`. */
+async function sealingSource (nc: NatsConnection, ns: string, sealing: Partial<RegionsyncPluginOptions>, path: string, answer: unknown): Promise<FastifyInstance> {
+  const source = Fastify({ logger: false })
+  h.defer(async () => await source.close())
+  await source.register(regionsync, {
+    region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') }, ...sealing
+  })
+  source.post(path, async (_req, reply) => await reply.code(201).send(answer))
+  await source.ready()
+  return source
+}
+
+/**
+ * Replicates the namespace's one sealed event to eu, whose replicator has the key (`euOptions`),
+ * and to ap, whose replicator has none: ap dead-letters it undecryptable, sends nothing and keeps
+ * no `secret` in the letter. Returns eu's replay of it.
+ */
+async function replayedWithKeyOnlyInEu (nc: NatsConnection, ns: string, eventId: string, secret: string, euOptions: Partial<ReplicatorOptions>): Promise<ReceivedRequest> {
+  const eu = await TestTarget.start()
+  h.defer(async () => await eu.close())
+  const ap = await TestTarget.start()
+  h.defer(async () => await ap.close())
+  await replicator('eu', eu.url, ns, euOptions)
+  await replicator('ap', ap.url, ns)
+
+  await waitFor('the replay in eu', () => eu.withKey(eventId).length === 1)
+  const letters = await oneDeadLetter(nc, ns, 'ap')
+  expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId })
+  expect(ap.requests).toHaveLength(0)
+  expect(JSON.stringify(letters)).not.toContain(secret)
+  return eu.withKey(eventId)[0]!
+}
+
 describe('I5: forwarded headers', () => {
   it('travel encrypted: the stream never shows them, a replicator with the key replays them, one without dead-letters the event', async () => {
     const ns = uniqueNamespace()
     const encryptionKey = randomBytes(32).toString('hex')
     const secret = `caller-token-${randomBytes(8).toString('hex')}`
-    const source = Fastify({ logger: false })
-    h.defer(async () => await source.close())
     const nc = await connection()
-    await source.register(regionsync, {
-      region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') },
-      forwardHeaders: ['authorization'], encryptionKey
-    })
-    source.post('/v3/things', async (_req, reply) => await reply.code(201).send({ id: 't1' }))
-    await source.ready()
+    const source = await sealingSource(nc, ns, { forwardHeaders: ['authorization'], encryptionKey }, '/v3/things', { id: 't1' })
     const res = await source.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, payload: '{"name":"x"}' })
     expect(res.statusCode).toBe(201)
 
@@ -631,19 +657,8 @@ describe('I5: forwarded headers', () => {
     }
     expect(only!.event.sealedHeaders).not.toBeNull()
 
-    const eu = await TestTarget.start()
-    h.defer(async () => await eu.close())
-    const ap = await TestTarget.start()
-    h.defer(async () => await ap.close())
-    await replicator('eu', eu.url, ns, { encryptionKey, targetToken: 'eu-region-token' })
-    await replicator('ap', ap.url, ns)
-
-    await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
-    expect(eu.requests[0]?.headers.authorization).toBe(`Bearer ${secret}`)
-    const letters = await oneDeadLetter(nc, ns, 'ap')
-    expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
-    expect(ap.requests).toHaveLength(0)
-    expect(JSON.stringify(letters)).not.toContain(secret)
+    const replayed = await replayedWithKeyOnlyInEu(nc, ns, only!.event.id, secret, { encryptionKey, targetToken: 'eu-region-token' })
+    expect(replayed.headers.authorization).toBe(`Bearer ${secret}`)
   })
 })
 
@@ -652,15 +667,8 @@ describe('I5: sealed bodies', () => {
     const ns = uniqueNamespace()
     const encryptionKey = randomBytes(32).toString('hex')
     const password = `pw-${randomBytes(8).toString('hex')}`
-    const source = Fastify({ logger: false })
-    h.defer(async () => await source.close())
     const nc = await connection()
-    await source.register(regionsync, {
-      region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') },
-      sealBodies: true, encryptionKey
-    })
-    source.post('/v3/users', async (_req, reply) => await reply.code(201).send({ user: { id: 'u1' } }))
-    await source.ready()
+    const source = await sealingSource(nc, ns, { sealBodies: true, encryptionKey }, '/v3/users', { user: { id: 'u1' } })
     const sent = `{"user":{"name":"ann","password":"${password}"}}`
     expect((await source.inject({ method: 'POST', url: '/v3/users', headers: { 'content-type': 'application/json' }, payload: sent })).statusCode).toBe(201)
 
@@ -668,20 +676,9 @@ describe('I5: sealed bodies', () => {
     expect(Buffer.from(only!.data).includes(password)).toBe(false)
     expect(only!.event.bodyEncoding).toBe('sealed')
 
-    const eu = await TestTarget.start()
-    h.defer(async () => await eu.close())
-    const ap = await TestTarget.start()
-    h.defer(async () => await ap.close())
-    await replicator('eu', eu.url, ns, { encryptionKey })
-    await replicator('ap', ap.url, ns)
-
-    await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
+    const replayed = await replayedWithKeyOnlyInEu(nc, ns, only!.event.id, password, { encryptionKey })
     // The create's id injected as usual, the rest of the body as the client sent it.
-    expect(JSON.parse(eu.requests[0]!.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
-    const letters = await oneDeadLetter(nc, ns, 'ap')
-    expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
-    expect(ap.requests).toHaveLength(0)
-    expect(JSON.stringify(letters)).not.toContain(password)
+    expect(JSON.parse(replayed.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
   })
 })
 
