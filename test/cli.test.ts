@@ -1,81 +1,27 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { names, regionLag } from '@regionsync/shared'
 import { Replicator, listDeadLetters, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { RegionsyncProcess, runRegionsync, type Finished } from './helpers/child-process.js'
 import { EventPublisher, newEvent } from './helpers/events.js'
 import { SIGNING_KEY, silentLogger, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type Script } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
 
-const BIN = fileURLToPath(new URL('../services/replicator/bin/regionsync.js', import.meta.url))
-
 const h = useNats()
 
-
-/** Only what the test sets: no REGIONSYNC_* or NATS_URL leaks in from the shell running the tests. */
-function childEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info', ...extra }
-}
-
-interface Finished {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-}
-
-/** A running `regionsync` process with its output collected. */
-class Command {
-  readonly proc: ChildProcess
-  stdout = ''
-  stderr = ''
-  readonly exited: Promise<Finished>
-
-  constructor (args: string[], env: NodeJS.ProcessEnv) {
-    this.proc = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => { this.stdout += d })
-    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.stderr += d })
-    this.exited = new Promise((resolve) => {
-      this.proc.once('close', (code, signal) => resolve({ code, signal, stdout: this.stdout, stderr: this.stderr }))
-    })
-  }
-
-  /** The metrics port, from the pino line "metrics listening". */
-  async metricsPort (): Promise<number> {
-    return await waitFor(`"metrics listening" on stdout (stderr: ${this.stderr})`, () => {
-      for (const line of this.stdout.split('\n')) {
-        if (!line.startsWith('{')) continue
-        const entry = JSON.parse(line) as { msg?: string, port?: number }
-        if (entry.msg === 'metrics listening') return entry.port
-      }
-      return undefined
-    }, 15_000)
-  }
-}
-
 /** Runs the command to its end; a hang is a failure, not a timeout of the whole file. */
-async function run (args: string[], env: NodeJS.ProcessEnv = childEnv(), timeoutMs = 10_000): Promise<Finished> {
-  const cmd = new Command(args, env)
-  const timer = setTimeout(() => cmd.proc.kill('SIGKILL'), timeoutMs)
-  const done = await cmd.exited
-  clearTimeout(timer)
-  if (done.signal === 'SIGKILL') throw new Error(`regionsync ${args.join(' ')} did not exit within ${timeoutMs} ms; stderr: ${done.stderr}`)
-  return done
+async function run (args: string[], env?: NodeJS.ProcessEnv): Promise<Finished> {
+  return await runRegionsync(args, { env, timeoutMs: 10_000 })
 }
 
-function start (args: string[], env: NodeJS.ProcessEnv = childEnv()): Command {
-  const cmd = new Command(args, env)
-  h.defer(async () => {
-    if (cmd.proc.exitCode === null && cmd.proc.signalCode === null) {
-      cmd.proc.kill('SIGKILL')
-      await cmd.exited
-    }
-  })
+/** Starts the command, killed -9 after the test if it is still running. */
+function start (args: string[], env?: NodeJS.ProcessEnv): RegionsyncProcess {
+  const cmd = new RegionsyncProcess(args, { env }).spawn()
+  h.defer(async () => await cmd.kill())
   return cmd
 }
 
@@ -94,6 +40,14 @@ async function replicator (region: string, namespace: string, targetUrl: string,
   })
   h.defer(async () => await r.close())
   return r
+}
+
+/** Publishes one event and checks that it reached the target, sent with `token`. */
+async function expectAppliedWithToken (t: TestTarget, ns: string, partitions: number, token: string): Promise<void> {
+  const event = newEvent()
+  await new EventPublisher(await connection(), ns, partitions, SIGNING_KEY).publish(event)
+  await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
+  expect(t.requests[0]!.headers.authorization).toBe(`Bearer ${token}`)
 }
 
 async function get (port: number, path: string): Promise<{ status: number, body: any }> {
@@ -128,7 +82,7 @@ describe('bad configuration', () => {
   ]
 
   it.each(cases)('%s exits non-zero with one line on stderr naming the option', async (_name, args, option, env) => {
-    const res = await run(args(), childEnv(env))
+    const res = await run(args(), env)
     expect(res.code).not.toBe(0)
     const lines = res.stderr.split('\n').filter((l) => l !== '')
     expect(lines).toHaveLength(1)
@@ -182,25 +136,21 @@ describe('regionsync replicate', () => {
     const status = (await get(port, '/status')).body as { region: string, partitions: number }
     expect(status.region).toBe('eu')
 
-    const event = newEvent()
-    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
-    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
-    expect(t.requests[0]!.headers.authorization).toBe('Bearer eu-token')
+    await expectAppliedWithToken(t, ns, status.partitions, 'eu-token')
 
     const stoppedAt = Date.now()
-    cmd.proc.kill('SIGTERM')
-    const res = await cmd.exited
-    expect(res.code).toBe(0)
+    const exit = await cmd.kill('SIGTERM')
+    expect(exit.code).toBe(0)
     expect(Date.now() - stoppedAt).toBeLessThan(5000)
-    expect(res.stderr).toBe('')
+    expect(cmd.stderr).toBe('')
     // The token is a credential: it never shows in the logs.
-    expect(res.stdout).not.toContain('eu-token')
+    expect(cmd.stdout).not.toContain('eu-token')
   })
 
   it('reads every setting from its environment variable', async () => {
     const ns = uniqueNamespace()
     const t = await target()
-    const cmd = start(['replicate'], childEnv({
+    const cmd = start(['replicate'], {
       REGIONSYNC_REGION: 'ap',
       REGIONSYNC_TARGET_URL: t.url,
       REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
@@ -208,15 +158,12 @@ describe('regionsync replicate', () => {
       REGIONSYNC_METRICS_PORT: '0',
       REGIONSYNC_NAMESPACE: ns,
       NATS_URL: h.nats.url
-    }))
+    })
     const port = await cmd.metricsPort()
     const status = (await get(port, '/status')).body as { region: string, target: string, partitions: number }
     expect(status).toMatchObject({ region: 'ap', target: t.url })
 
-    const event = newEvent()
-    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
-    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
-    expect(t.requests[0]!.headers.authorization).toBe('Bearer ap-token')
+    await expectAppliedWithToken(t, ns, status.partitions, 'ap-token')
   })
 
   it('takes a comma-separated key list while keys rotate: verifies events signed with any, signs webhooks with each', async () => {
@@ -224,7 +171,7 @@ describe('regionsync replicate', () => {
     const t = await target()
     const newKey = randomBytes(32).toString('hex')
     const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0'],
-      childEnv({ REGIONSYNC_SIGNING_KEY: `${newKey},${SIGNING_KEY}` }))
+      { REGIONSYNC_SIGNING_KEY: `${newKey},${SIGNING_KEY}` })
     const port = await cmd.metricsPort()
     const status = (await get(port, '/status')).body as { partitions: number }
     const byOld = newEvent()
@@ -238,7 +185,7 @@ describe('regionsync replicate', () => {
   it('flags win over environment variables', async () => {
     const ns = uniqueNamespace()
     const t = await target()
-    const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--target-token', 'flag-token', '--namespace', ns, '--metrics-port', '0'], childEnv({
+    const cmd = start(['replicate', '--region', 'eu', '--target', t.url, '--target-token', 'flag-token', '--namespace', ns, '--metrics-port', '0'], {
       REGIONSYNC_REGION: 'ap',
       REGIONSYNC_TARGET_URL: 'not a url',
       REGIONSYNC_TARGET_TOKEN: 'env-token',
@@ -246,15 +193,12 @@ describe('regionsync replicate', () => {
       REGIONSYNC_NAMESPACE: 'other',
       REGIONSYNC_METRICS_PORT: '1',
       NATS_URL: h.nats.url
-    }))
+    })
     const port = await cmd.metricsPort()
     const status = (await get(port, '/status')).body as { region: string, partitions: number }
     expect(status.region).toBe('eu')
 
-    const event = newEvent()
-    await new EventPublisher(await connection(), ns, status.partitions, SIGNING_KEY).publish(event)
-    await waitFor('the event at the target', () => t.withKey(event.id).length === 1)
-    expect(t.requests[0]!.headers.authorization).toBe('Bearer flag-token')
+    await expectAppliedWithToken(t, ns, status.partitions, 'flag-token')
   })
 })
 
@@ -285,7 +229,7 @@ describe('regionsync status', () => {
     expect(eu0?.slice(0, 4)).toEqual(['eu', '1', '0', '0.0s'])
     expect(eu0?.[6]).toBe('closed')
 
-    const json = await run(['status', '--json'], childEnv({ NATS_URL: h.nats.url, REGIONSYNC_NAMESPACE: ns }))
+    const json = await run(['status', '--json'], { NATS_URL: h.nats.url, REGIONSYNC_NAMESPACE: ns })
     expect(json.code).toBe(0)
     const parsed = JSON.parse(json.stdout) as Array<{ region: string, pending: number, lagSeconds: number, oldestPendingAt: string | null, instances: Array<{ applied: number }> }>
     expect(parsed.map((r) => [r.region, r.pending, r.instances.length])).toEqual([['ap', 3, 0], ['eu', 0, 1]])
@@ -407,7 +351,7 @@ describe('help', () => {
   })
 
   it('REGIONSYNC_DEV=0 does not turn dev mode on', async () => {
-    const res = await run(['replicate', '--region', 'eu', '--target', 'http://127.0.0.1:9', '--nats', h.nats.url], childEnv({ REGIONSYNC_DEV: '0' }))
+    const res = await run(['replicate', '--region', 'eu', '--target', 'http://127.0.0.1:9', '--nats', h.nats.url], { REGIONSYNC_DEV: '0' })
     expect(res.code).toBe(2)
     expect(res.stderr).toContain('--signing-key')
   })

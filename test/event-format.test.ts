@@ -6,17 +6,14 @@ import {
   type RegionsyncEvent
 } from '@regionsync/shared'
 import { describe, expect, it } from 'vitest'
+import { newEvent } from './helpers/events.js'
 
 const KEY = randomBytes(32).toString('hex')
 
 function sample (overrides: Partial<Parameters<typeof createEvent>[0]> = {}): RegionsyncEvent {
-  return createEvent({
-    origin: 'us',
-    method: 'POST',
-    path: '/v3/users',
+  return newEvent({
     query: 'domain=default',
-    contentType: 'application/json',
-    body: Buffer.from('{"user":{"name":"ann"}}'),
+    body: '{"user":{"name":"ann"}}',
     resource: '/v3/users/u1',
     headers: { 'x-request-source': 'batch' },
     created: { id: 'u1', field: 'user.id', mode: 'inject' },
@@ -29,16 +26,20 @@ function raw (value: unknown): Uint8Array {
   return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value))
 }
 
-function expectMalformed (data: Uint8Array, message: RegExp): void {
-  let caught: unknown
+/** What `fn` threw; undefined when it returned. */
+function thrownBy (fn: () => unknown): unknown {
   try {
-    decodeEvent(data)
+    fn()
   } catch (err) {
-    caught = err
+    return err
   }
+  return undefined
+}
+
+function expectMalformed (data: Uint8Array, message: RegExp): void {
+  const caught = thrownBy(() => decodeEvent(data))
   expect(caught).toBeInstanceOf(MalformedEventError)
-  expect((caught as MalformedEventError).code).toBe('REGIONSYNC_E_MALFORMED_EVENT')
-  expect((caught as MalformedEventError).message).toMatch(message)
+  expect(caught).toMatchObject({ code: 'REGIONSYNC_E_MALFORMED_EVENT', message: expect.stringMatching(message) })
 }
 
 describe('event format', () => {
@@ -326,16 +327,13 @@ describe('parseSigningKey', () => {
 
   it('refuses a short or missing key, naming the option', () => {
     for (const bad of ['k'.repeat(MIN_KEY_LENGTH - 1), '', undefined, 42]) {
-      let caught: unknown
-      try {
-        parseSigningKey(bad)
-      } catch (err) {
-        caught = err
-      }
+      const caught = thrownBy(() => parseSigningKey(bad))
       expect(caught).toBeInstanceOf(InvalidOptionError)
-      expect((caught as InvalidOptionError).code).toBe('REGIONSYNC_E_INVALID_OPTION')
-      expect((caught as InvalidOptionError).option).toBe('signingKey')
-      expect((caught as Error).message).toMatch(/^signingKey: expects a secret of at least 32 characters/)
+      expect(caught).toMatchObject({
+        code: 'REGIONSYNC_E_INVALID_OPTION',
+        option: 'signingKey',
+        message: expect.stringMatching(/^signingKey: expects a secret of at least 32 characters/)
+      })
     }
     expect(() => parseSigningKey('short', '--signing-key')).toThrow(/^--signing-key: /)
     expect(() => createSigner('short')).toThrow(InvalidOptionError)

@@ -111,6 +111,12 @@ async function setup (): Promise<{ us: string, eu: string, region: ReferenceRegi
   return { us, eu, ns, nc, region: new ReferenceRegion(identity, await jetstreamManager(nc), names(ns), client, target) }
 }
 
+/** Purges every record of region eu in a KV bucket: its id mappings, or the types it knows translate. */
+async function forgetEuRecords (s: { nc: NatsConnection }, bucket: string): Promise<void> {
+  const kv = await new Kvm(s.nc).open(bucket)
+  for await (const key of await kv.keys('eu.>')) await kv.purge(key)
+}
+
 const auth = (token: string): Record<string, string> => ({ authorization: `Token ${token}` })
 async function ok (url: string, method: string, path: string, status: number, body?: unknown, headers: Record<string, string> = {}): Promise<any> {
   const res = await call(url, method, path, body, headers)
@@ -163,8 +169,7 @@ describe('the identity modules on the per-event path, against Conduit APIs', () 
     const s = await setup()
     const { bob, slug, comment } = await seed(s.us)
     await s.region.catchUp()
-    const kv = await new Kvm(s.nc).open(names(s.ns).entityBucket)
-    for await (const key of await kv.keys('eu.>')) await kv.purge(key)
+    await forgetEuRecords(s, names(s.ns).entityBucket)
     await ok(s.us, 'DELETE', `/api/articles/${slug}/comments/${comment}`, 204, undefined, auth(bob))
     await s.region.catchUp()
     expect(distinct(s.region.letters)).toEqual([['unmapped-id', `/api/articles/${slug}/comments/${comment}`]])
@@ -176,8 +181,7 @@ describe('the identity modules on the per-event path, against Conduit APIs', () 
     const { bob, slug, comment } = await seed(s.us)
     await s.region.catchUp()
     // A second instance that has not heard which types translate: it sends the source's ids.
-    const kv = await new Kvm(s.nc).open(names(s.ns).idTypesBucket)
-    for await (const key of await kv.keys('eu.>')) await kv.purge(key)
+    await forgetEuRecords(s, names(s.ns).idTypesBucket)
     const unaware = await IdentityResolver.open(s.nc, names(s.ns), 'eu', { replicas: 1, logger: silentLogger })
     h.defer(async () => unaware.close())
     expect(unaware.translatingTypes.size).toBe(0)

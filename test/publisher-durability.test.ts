@@ -1,9 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { buildIdentityApi, type IdentityState } from '@regionsync/examples'
@@ -16,10 +14,11 @@ import {
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { ApiProcess } from './helpers/child-process.js'
 import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
-import { TestTarget } from './helpers/target.js'
+import { TestTarget, type ReceivedRequest } from './helpers/target.js'
 import { useNats } from './helpers/harness.js'
 import { streamMessages } from './helpers/stream.js'
 
@@ -28,8 +27,6 @@ import { streamMessages } from './helpers/stream.js'
  * example API as a child process, nats-server killed and restarted on its store, replicators) and
  * checks what a user would see: the other region's data, the stream, the metrics.
  */
-
-const SERVER = fileURLToPath(new URL('../examples/dist/server.js', import.meta.url))
 
 const h = useNats()
 
@@ -212,49 +209,15 @@ function mismatch (s: IdentityState, views: ClientView[]): string | null {
   return null
 }
 
-/** The example API as its own process (examples/dist/server.js), which a test may kill -9 and start again. */
-class ApiProcess {
-  proc: ChildProcess | null = null
-  output = ''
-  constructor (readonly port: number, readonly env: NodeJS.ProcessEnv) {}
-
-  get url (): string {
-    return `http://127.0.0.1:${this.port}`
-  }
-
-  async start (): Promise<void> {
-    const proc = spawn(process.execPath, [SERVER], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] })
-    this.proc = proc
-    proc.stdout!.setEncoding('utf8').on('data', (d: string) => { this.output += d })
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.output += d })
-    await waitFor('the API process to answer /healthz', async () => {
-      if (proc.exitCode !== null) throw new Error(`the API process exited with ${proc.exitCode}: ${this.output}`)
-      return (await send(this.url, 'GET', '/healthz')) === 200
-    }, 15_000).catch((err: Error) => { throw new Error(`${err.message}; its output: ${this.output}`) })
-  }
-
-  async kill (): Promise<void> {
-    const proc = this.proc
-    if (proc === null || proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = new Promise((resolve) => proc.once('exit', resolve))
-    proc.kill('SIGKILL')
-    await exited
-  }
-}
-
 /** Region us as `node examples/dist/server.js`, with its spool in a temporary directory it keeps across restarts. */
 async function sourceProcess (ns: string): Promise<ApiProcess> {
   const port = await freePort()
   const source = new ApiProcess(port, {
-    PATH: process.env.PATH,
     REGION: 'us',
-    HOST: '127.0.0.1',
-    PORT: String(port),
     NATS_URL: h.nats.url,
     REGIONSYNC_SIGNING_KEY: SIGNING_KEY,
     REGIONSYNC_NAMESPACE: ns,
-    REGIONSYNC_SPOOL_DIR: join(await tempDir('regionsync-source-'), 'spool'),
-    LOG_LEVEL: 'warn'
+    REGIONSYNC_SPOOL_DIR: join(await tempDir('regionsync-source-'), 'spool')
   })
   h.defer(async () => await source.kill())
   await source.start()
@@ -270,7 +233,7 @@ describe('I1: kill -9 of the source API', () => {
 
     // Before the kill: 6 users written at once, each in order, up to 25 writes; killed after 60 answers.
     let answered = 0
-    let killed: Promise<void> | null = null
+    let killed: Promise<unknown> | null = null
     const before = await Promise.all(Array.from({ length: 6 }, async (_, k) => await writeUser(source.url, `a${k}`, 25, () => {
       if (++answered === 60) killed = source.kill()
     })))
@@ -644,20 +607,46 @@ describe('I4: replay guard', () => {
   })
 })
 
+/** A source API with the plugin on `ns`, sealing what `sealing` asks, whose `POST path` answers 201 with `answer`. */
+async function sealingSource (nc: NatsConnection, ns: string, sealing: Partial<RegionsyncPluginOptions>, path: string, answer: unknown): Promise<FastifyInstance> {
+  const source = Fastify({ logger: false })
+  h.defer(async () => await source.close())
+  await source.register(regionsync, {
+    region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') }, ...sealing
+  })
+  source.post(path, async (_req, reply) => await reply.code(201).send(answer))
+  await source.ready()
+  return source
+}
+
+/**
+ * Replicates the namespace's one sealed event to eu, whose replicator has the key (`euOptions`),
+ * and to ap, whose replicator has none: ap dead-letters it undecryptable, sends nothing and keeps
+ * no `secret` in the letter. Returns eu's replay of it.
+ */
+async function replayedWithKeyOnlyInEu (nc: NatsConnection, ns: string, eventId: string, secret: string, euOptions: Partial<ReplicatorOptions>): Promise<ReceivedRequest> {
+  const eu = await TestTarget.start()
+  h.defer(async () => await eu.close())
+  const ap = await TestTarget.start()
+  h.defer(async () => await ap.close())
+  await replicator('eu', eu.url, ns, euOptions)
+  await replicator('ap', ap.url, ns)
+
+  await waitFor('the replay in eu', () => eu.withKey(eventId).length === 1)
+  const letters = await oneDeadLetter(nc, ns, 'ap')
+  expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId })
+  expect(ap.requests).toHaveLength(0)
+  expect(JSON.stringify(letters)).not.toContain(secret)
+  return eu.withKey(eventId)[0]!
+}
+
 describe('I5: forwarded headers', () => {
   it('travel encrypted: the stream never shows them, a replicator with the key replays them, one without dead-letters the event', async () => {
     const ns = uniqueNamespace()
     const encryptionKey = randomBytes(32).toString('hex')
     const secret = `caller-token-${randomBytes(8).toString('hex')}`
-    const source = Fastify({ logger: false })
-    h.defer(async () => await source.close())
     const nc = await connection()
-    await source.register(regionsync, {
-      region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') },
-      forwardHeaders: ['authorization'], encryptionKey
-    })
-    source.post('/v3/things', async (_req, reply) => await reply.code(201).send({ id: 't1' }))
-    await source.ready()
+    const source = await sealingSource(nc, ns, { forwardHeaders: ['authorization'], encryptionKey }, '/v3/things', { id: 't1' })
     const res = await source.inject({ method: 'POST', url: '/v3/things', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, payload: '{"name":"x"}' })
     expect(res.statusCode).toBe(201)
 
@@ -668,19 +657,8 @@ describe('I5: forwarded headers', () => {
     }
     expect(only!.event.sealedHeaders).not.toBeNull()
 
-    const eu = await TestTarget.start()
-    h.defer(async () => await eu.close())
-    const ap = await TestTarget.start()
-    h.defer(async () => await ap.close())
-    await replicator('eu', eu.url, ns, { encryptionKey, targetToken: 'eu-region-token' })
-    await replicator('ap', ap.url, ns)
-
-    await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
-    expect(eu.requests[0]?.headers.authorization).toBe(`Bearer ${secret}`)
-    const letters = await oneDeadLetter(nc, ns, 'ap')
-    expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
-    expect(ap.requests).toHaveLength(0)
-    expect(JSON.stringify(letters)).not.toContain(secret)
+    const replayed = await replayedWithKeyOnlyInEu(nc, ns, only!.event.id, secret, { encryptionKey, targetToken: 'eu-region-token' })
+    expect(replayed.headers.authorization).toBe(`Bearer ${secret}`)
   })
 })
 
@@ -689,15 +667,8 @@ describe('I5: sealed bodies', () => {
     const ns = uniqueNamespace()
     const encryptionKey = randomBytes(32).toString('hex')
     const password = `pw-${randomBytes(8).toString('hex')}`
-    const source = Fastify({ logger: false })
-    h.defer(async () => await source.close())
     const nc = await connection()
-    await source.register(regionsync, {
-      region: 'us', connection: nc, signingKey: SIGNING_KEY, namespace: ns, spool: { dir: await tempDir('regionsync-spool-') },
-      sealBodies: true, encryptionKey
-    })
-    source.post('/v3/users', async (_req, reply) => await reply.code(201).send({ user: { id: 'u1' } }))
-    await source.ready()
+    const source = await sealingSource(nc, ns, { sealBodies: true, encryptionKey }, '/v3/users', { user: { id: 'u1' } })
     const sent = `{"user":{"name":"ann","password":"${password}"}}`
     expect((await source.inject({ method: 'POST', url: '/v3/users', headers: { 'content-type': 'application/json' }, payload: sent })).statusCode).toBe(201)
 
@@ -705,20 +676,9 @@ describe('I5: sealed bodies', () => {
     expect(Buffer.from(only!.data).includes(password)).toBe(false)
     expect(only!.event.bodyEncoding).toBe('sealed')
 
-    const eu = await TestTarget.start()
-    h.defer(async () => await eu.close())
-    const ap = await TestTarget.start()
-    h.defer(async () => await ap.close())
-    await replicator('eu', eu.url, ns, { encryptionKey })
-    await replicator('ap', ap.url, ns)
-
-    await waitFor('the replay in eu', () => eu.withKey(only!.event.id).length === 1)
+    const replayed = await replayedWithKeyOnlyInEu(nc, ns, only!.event.id, password, { encryptionKey })
     // The create's id injected as usual, the rest of the body as the client sent it.
-    expect(JSON.parse(eu.requests[0]!.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
-    const letters = await oneDeadLetter(nc, ns, 'ap')
-    expect(letters[0]).toMatchObject({ reason: 'undecryptable', eventId: only!.event.id })
-    expect(ap.requests).toHaveLength(0)
-    expect(JSON.stringify(letters)).not.toContain(password)
+    expect(JSON.parse(replayed.body.toString())).toEqual({ user: { id: 'u1', name: 'ann', password } })
   })
 })
 

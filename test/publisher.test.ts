@@ -10,7 +10,7 @@ import {
   EVENT_SIGNATURE_HEADER, IDEMPOTENCY_KEY_HEADER, InvalidOptionError, REPLAY_ORIGIN_HEADER, REPLAY_SIGNATURE_HEADER,
   createSigner, decodeEvent, eventBody, names, partitionOf, type RegionsyncEvent
 } from '@regionsync/shared'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { SIGNING_KEY, uniqueNamespace, waitFor } from './helpers/fixtures.js'
@@ -278,12 +278,17 @@ describe('publisher: the body as the client sent it', () => {
 describe('publisher: created ids and resource keys', () => {
   const json = { 'content-type': 'application/json' }
 
-  it('records the id a create answered as { id } and keys the resource on it', async () => {
+  /** The one event published for a POST /v3/users that the handler answers 201 with `answer`. */
+  async function createdUser (answer: (reply: FastifyReply) => Promise<unknown>, payload: string): Promise<RegionsyncEvent> {
     const s = await setup((app) => {
-      app.post('/v3/users', async (_req, reply) => await reply.code(201).send({ id: 'a1b2' }))
+      app.post('/v3/users', async (_req, reply) => await answer(reply.code(201)))
     })
-    expect((await s.app.inject({ method: 'POST', url: '/v3/users', headers: json, payload: '{"name":"ann"}' })).statusCode).toBe(201)
-    const { event } = await only(s)
+    expect((await s.app.inject({ method: 'POST', url: '/v3/users', headers: json, payload })).statusCode).toBe(201)
+    return (await only(s)).event
+  }
+
+  it('records the id a create answered as { id } and keys the resource on it', async () => {
+    const event = await createdUser(async (reply) => await reply.send({ id: 'a1b2' }), '{"name":"ann"}')
     expect(event.created).toEqual({ id: 'a1b2', field: 'id', mode: 'inject' })
     expect(event.resource).toBe('/v3/users/a1b2')
   })
@@ -303,11 +308,7 @@ describe('publisher: created ids and resource keys', () => {
   })
 
   it('finds the id in a JSON response the handler sent as a string', async () => {
-    const s = await setup((app) => {
-      app.post('/v3/users', async (_req, reply) => await reply.code(201).type('application/json').send('{"user":{"id":"s7"}}'))
-    })
-    expect((await s.app.inject({ method: 'POST', url: '/v3/users', headers: json, payload: '{}' })).statusCode).toBe(201)
-    const { event } = await only(s)
+    const event = await createdUser(async (reply) => await reply.type('application/json').send('{"user":{"id":"s7"}}'), '{}')
     expect(event.created).toEqual({ id: 's7', field: 'user.id', mode: 'inject' })
     expect(event.resource).toBe('/v3/users/s7')
   })

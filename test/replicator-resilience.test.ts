@@ -1,13 +1,12 @@
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { DEFAULT_PARTITIONS, names, partitionOf, regionLag, type RegionsyncEvent } from '@regionsync/shared'
 import { DEFAULT_SHUTDOWN_GRACE_MS, Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions } from '@regionsync/replicator'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { RegionsyncProcess, runRegionsync } from './helpers/child-process.js'
 import { EventPublisher, metricValue, newEvent, registryValue } from './helpers/events.js'
 import { SIGNING_KEY, connect, prng, silentLogger, uniqueNamespace, waitFor, startReplicator } from './helpers/fixtures.js'
 import { NatsServer } from './helpers/nats-server.js'
@@ -20,7 +19,6 @@ import { useNats } from './helpers/harness.js'
  * many requests the target had to take.
  */
 
-const BIN = fileURLToPath(new URL('../services/replicator/bin/regionsync.js', import.meta.url))
 /** Every stream here is made with the default partition count. */
 const PARTITIONS = DEFAULT_PARTITIONS
 
@@ -67,67 +65,8 @@ function keyOnPartition (prefix: string, partition: number, taken: string[] = []
 
 /* ---------------------------------------------------------------- the `regionsync` command */
 
-/** Only what the test sets: no REGIONSYNC_* or NATS_URL leaks in from the shell running the tests. */
-function childEnv (): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info' }
-}
-
-const OUTPUT_KEEP_CHARS = 64 * 1024
-
-/** The port in the pino line "metrics listening", once it is there. */
-function listeningPort (output: string): number | undefined {
-  for (const line of output.split('\n')) {
-    if (!line.startsWith('{') || !line.includes('metrics listening')) continue
-    try {
-      const entry = JSON.parse(line) as { msg?: string, port?: number }
-      if (entry.msg === 'metrics listening') return entry.port
-    } catch {
-      // Not a whole line yet, or cut by the kept tail.
-    }
-  }
-  return undefined
-}
-
-/** A `regionsync` child process; keeps the tail of its output for failure messages. */
-class Child {
-  readonly proc: ChildProcess
-  readonly args: string[]
-  stdout = ''
-  stderr = ''
-  readonly exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-  #port: number | undefined
-
-  constructor (args: string[]) {
-    this.args = args
-    this.proc = spawn(process.execPath, [BIN, ...args], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
-    this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      this.stdout = (this.stdout + d).slice(-OUTPUT_KEEP_CHARS)
-      // Read as soon as it is logged: the kept tail may have moved past it by the time it is asked for.
-      this.#port ??= listeningPort(this.stdout)
-    })
-    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.stderr = (this.stderr + d).slice(-OUTPUT_KEEP_CHARS) })
-    this.exited = new Promise((resolve) => this.proc.once('close', (code, signal) => resolve({ code, signal })))
-  }
-
-  get running (): boolean {
-    return this.proc.exitCode === null && this.proc.signalCode === null
-  }
-
-  /** The metrics port it logged. */
-  async metricsPort (timeoutMs = 20_000): Promise<number> {
-    return await waitFor(`"metrics listening" from regionsync ${this.args.slice(0, 3).join(' ')} (stderr: ${this.stderr.slice(-500)})`,
-      () => this.#port, timeoutMs)
-  }
-
-  async kill (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    if (!this.running) return
-    this.proc.kill(signal)
-    await this.exited
-  }
-}
-
-function startChild (args: string[]): Child {
-  const child = new Child(args)
+function startChild (args: string[]): RegionsyncProcess {
+  const child = new RegionsyncProcess(args).spawn()
   h.defer(async () => await child.kill())
   return child
 }
@@ -135,16 +74,6 @@ function startChild (args: string[]): Child {
 function replicateArgs (region: string, targetUrl: string, namespace: string, natsUrl = h.nats.url): string[] {
   return ['replicate', '--region', region, '--target', targetUrl, '--nats', natsUrl, '--signing-key', SIGNING_KEY,
     '--namespace', namespace, '--metrics-port', '0', '--metrics-host', '127.0.0.1']
-}
-
-/** Runs a `regionsync` command to its end; a hang is a failure, not a timeout of the whole file. */
-async function run (args: string[], timeoutMs = 15_000): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = new Child(args)
-  const timer = setTimeout(() => child.proc.kill('SIGKILL'), timeoutMs)
-  const { code, signal } = await child.exited
-  clearTimeout(timer)
-  if (signal === 'SIGKILL') throw new Error(`regionsync ${args.join(' ')} did not exit within ${timeoutMs} ms; stderr: ${child.stderr}`)
-  return { code, stdout: child.stdout, stderr: child.stderr }
 }
 
 /* ---------------------------------------------------------------- a resource store as the target */
@@ -348,10 +277,10 @@ describe('chaos: 4 instances per region, one killed -9 every 1-2 s', () => {
       await (await replicator(region, ns, t.url, { ackWaitMs: ACK_WAIT_MS })).close()
     }
 
-    const children: Array<{ region: 'eu' | 'ap', child: Child }> = []
+    const children: Array<{ region: 'eu' | 'ap', child: RegionsyncProcess }> = []
     // An instance that ends by itself, not by the test's SIGKILL, is a failure of its own.
     const crashed: string[] = []
-    const spawnFor = (region: 'eu' | 'ap'): Child => {
+    const spawnFor = (region: 'eu' | 'ap'): RegionsyncProcess => {
       const child = startChild(replicateArgs(region, targets[region].url, ns))
       void child.exited.then(({ code, signal }) => {
         if (signal !== 'SIGKILL') crashed.push(`${region} instance exited with ${code ?? signal}: ${child.stderr.slice(-1000)}`)
@@ -449,7 +378,7 @@ describe('chaos: 4 instances per region, one killed -9 every 1-2 s', () => {
 
     // What `regionsync status` shows the operator: every live instance, nothing pending, no dead letters.
     await Promise.all(children.map(async ({ child }) => await child.metricsPort(30_000)))
-    const status = await run(['status', '--json', '--nats', h.nats.url, '--namespace', ns, '--wait-ms', '1500'])
+    const status = await runRegionsync(['status', '--json', '--nats', h.nats.url, '--namespace', ns, '--wait-ms', '1500'])
     expect(status.code).toBe(0)
     const rows = JSON.parse(status.stdout) as Array<{ region: string, instances: unknown[], pending: number, deadLetters: number, breaker: string }>
     expect(rows.map((r) => [r.region, r.instances.length, r.pending, r.deadLetters, r.breaker])).toEqual([
@@ -528,7 +457,7 @@ describe('circuit breaker', () => {
 
 describe('poison event', () => {
   const dlq = async (ns: string, ...more: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> =>
-    await run(['dlq', ...more, '--region', 'eu', '--nats', h.nats.url, '--namespace', ns])
+    await runRegionsync(['dlq', ...more, '--region', 'eu', '--nats', h.nats.url, '--namespace', ns])
 
   it('a 422 is dead-lettered with its reason while later events go on; once fixed, `regionsync dlq replay` applies it and `dlq list` is empty', async () => {
     const ns = uniqueNamespace()
@@ -722,7 +651,7 @@ describe('lifecycle', () => {
     await waitFor('the replay in flight', () => t.withKey(event.id).length === 1)
 
     const signalledAt = Date.now()
-    child.proc.kill('SIGTERM')
+    child.signal('SIGTERM')
     const exit = await Promise.race([child.exited, sleep(DEFAULT_SHUTDOWN_GRACE_MS + 5000).then(() => null)])
     const exitedAt = Date.now()
     expect(exit, `exit within the grace period; stderr: ${child.stderr}`).toEqual({ code: 0, signal: null })

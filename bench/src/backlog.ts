@@ -6,6 +6,8 @@ import {
   type RegionsyncEvent
 } from '@regionsync/shared'
 import { EventPublisher } from '../../test/helpers/events.js'
+import type { BenchContext } from './context.js'
+import { uniqueNamespace } from './util.js'
 
 /** Publishes this many events at once and awaits their acks together. */
 export const PUBLISH_BATCH = 1000
@@ -82,4 +84,15 @@ export async function publishBacklog (natsUrl: string, namespace: string, signin
   } finally {
     await nc.close()
   }
+}
+
+/**
+ * A section's backlog: `count` events on a namespace of its own (named after `namespacePrefix`),
+ * the publishing shown as the step `${step}: publishing a backlog of N events`.
+ */
+export async function sectionBacklog (ctx: BenchContext, natsUrl: string, o: { step: string, namespacePrefix: string, count: number }): Promise<{ namespace: string, backlog: Backlog }> {
+  const namespace = uniqueNamespace(o.namespacePrefix)
+  ctx.progress.step(`${o.step}: publishing a backlog of ${o.count.toLocaleString('en-US')} events`)
+  const backlog = await publishBacklog(natsUrl, namespace, ctx.signingKey, o.count, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+  return { namespace, backlog }
 }

@@ -1,9 +1,9 @@
-import { publishBacklog, type Backlog } from './backlog.js'
+import { sectionBacklog, type Backlog } from './backlog.js'
 import { procMemory, type Child, type Message } from './children.js'
 import { CpuMeter } from './cpu.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
 import { REPLICATION_CONCURRENCY } from './replication.js'
-import { MB, round, sleep, uniqueNamespace } from './util.js'
+import { MB, round, sleep } from './util.js'
 
 const SAMPLE_MS = 100
 /** "Flat": the large backlog's peak RSS is at most this much above the small one's. */
@@ -74,9 +74,8 @@ export async function runMemory (ctx: BenchContext): Promise<MemoryResult> {
   let backlog: Backlog | undefined
   for (const size of sizes) {
     await withNats(ctx, async (nats) => {
-      const namespace = uniqueNamespace('mem')
-      ctx.progress.step(`4/6 memory: publishing a backlog of ${size.toLocaleString('en-US')} events`)
-      backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, size, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+      const { namespace, backlog: published } = await sectionBacklog(ctx, nats.url, { step: '4/6 memory', namespacePrefix: 'mem', count: size })
+      backlog = published
       ctx.progress.step(`4/6 memory: replicator draining ${size.toLocaleString('en-US')} events`)
       const target = await startTarget({ mode: 'stub', region: 'eu', expect: size })
       let rep: Child | undefined

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import { DEFAULT_PARTITIONS } from '@regionsync/shared'
-import { publishBacklog, type Backlog } from './backlog.js'
+import { sectionBacklog, type Backlog } from './backlog.js'
 import type { Child, Message } from './children.js'
 import { CpuMeter, natsServerPid } from './cpu.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
 import type { ReplicatorChildConfig } from './replicator-child.js'
-import { MB, round, sleep, uniqueNamespace } from './util.js'
+import { MB, round, sleep } from './util.js'
 
 /** In flight at once: the replicator's ceiling (one per partition), given to the raw client and the baseline too. */
 export const REPLICATION_CONCURRENCY = DEFAULT_PARTITIONS
@@ -75,9 +75,8 @@ export async function runReplication (ctx: BenchContext): Promise<ReplicationRes
   const runs: ReplicationRun[] = []
   let backlog: Backlog | undefined
   await withNats(ctx, async (nats) => {
-    const namespace = uniqueNamespace('repl')
-    ctx.progress.step(`2/6 replication: publishing a backlog of ${events.toLocaleString('en-US')} events`)
-    backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+    const { namespace, backlog: published } = await sectionBacklog(ctx, nats.url, { step: '2/6 replication', namespacePrefix: 'repl', count: events })
+    backlog = published
     for (const { mode, targetPlugin, region } of RUNS) {
       const label = `${mode}${targetPlugin ? ' (target with the plugin)' : ''}`
       ctx.progress.step(`2/6 replication: ${label}, ${events.toLocaleString('en-US')} events, ${REPLICATION_CONCURRENCY} in flight`)

@@ -1,10 +1,10 @@
 import { DEFAULT_PARTITIONS } from '@regionsync/shared'
-import { publishBacklog } from './backlog.js'
+import { sectionBacklog } from './backlog.js'
 import type { Child, Message } from './children.js'
 import { CpuMeter } from './cpu.js'
 import { CpuQuota } from './cpu-quota.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
-import { round, sleep, uniqueNamespace } from './util.js'
+import { round, sleep } from './util.js'
 
 export const SLOW_TARGET_MS = 5
 /** "Nearly double". */
@@ -59,9 +59,7 @@ export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
   const runs: ScalingRun[] = []
   let bodyBytes = 0
   await withNats(ctx, async (nats) => {
-    const namespace = uniqueNamespace('scale')
-    ctx.progress.step(`5/6 scaling: publishing a backlog of ${events.toLocaleString('en-US')} events`)
-    const backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+    const { namespace, backlog } = await sectionBacklog(ctx, nats.url, { step: '5/6 scaling', namespacePrefix: 'scale', count: events })
     bodyBytes = backlog.bodyBytes
     for (const [instances, region] of [[1, 'eu'], [2, 'ap']] as const) {
       ctx.progress.step(`5/6 scaling: ${instances} instance(s)${unconstrainedBecause === null ? `, ${INSTANCE_CPU_CORES} CPU each` : ''}, target ${SLOW_TARGET_MS} ms per request`)

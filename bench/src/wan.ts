@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import { DelayProxy } from '../../test/helpers/delay-proxy.js'
-import { publishBacklog, type Backlog } from './backlog.js'
+import { sectionBacklog, type Backlog } from './backlog.js'
 import type { Child, Message } from './children.js'
 import { startClient, startTarget, stopAll, waitForTarget, withNats, type BenchContext } from './context.js'
-import { round, sleep, uniqueNamespace } from './util.js'
+import { round, sleep } from './util.js'
 
 /** Round trips between region `ap` and NATS (or its target) that the section measures. */
 export const WAN_RTTS_MS = [0, 20, 80, 150]
@@ -82,9 +82,8 @@ export async function runWan (ctx: BenchContext): Promise<WanResult> {
   const runs: WanRun[] = []
   let backlog: Backlog | undefined
   await withNats(ctx, async (nats) => {
-    const namespace = uniqueNamespace('wan')
-    ctx.progress.step(`6/6 wan: publishing a backlog of ${events.toLocaleString('en-US')} events`)
-    backlog = await publishBacklog(nats.url, namespace, ctx.signingKey, events, (done) => ctx.progress.update(`${done.toLocaleString('en-US')} published`))
+    const { namespace, backlog: published } = await sectionBacklog(ctx, nats.url, { step: '6/6 wan', namespacePrefix: 'wan', count: events })
+    backlog = published
     for (const [i, p] of plan.entries()) {
       const label = `${p.topology} ${p.rttMs} ms, ${p.variant.instances} instance(s)${p.variant.window === null ? '' : `, --window ${p.variant.window}`}`
       ctx.progress.step(`6/6 wan ${i + 1}/${plan.length}: ${label}`)

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
@@ -10,6 +9,7 @@ import { Replicator, formatVerifyReport, parseVerifyConfig, runVerify, startMetr
 import { connectNats, createLogger, names, regionLag, type Logger, type RegionLag } from '@regionsync/shared'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
+import { freePort } from './free-port.js'
 import { buildIdentityApi, type IdentityState } from './identity-api.js'
 import { identityVerifyConfig } from './verify-config.js'
 
@@ -254,17 +254,6 @@ async function natsFor (url: string | undefined, io: Io): Promise<DemoNats | nul
   proc.kill('SIGKILL')
   io.err(`nats-server did not start on ${ownUrl}`)
   return null
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-  })
 }
 
 /** The demo leaves nothing behind on a shared server. */

@@ -7,12 +7,12 @@ import {
 } from '@regionsync/shared'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { EventPublisher } from '../helpers/events.js'
+import { runRegionsync } from '../helpers/child-process.js'
+import { EventPublisher, newEvent } from '../helpers/events.js'
 import { SIGNING_KEY, waitFor } from '../helpers/fixtures.js'
-import { runRegionsync } from './processes.js'
 import { useFaultSystem } from './fixture.js'
 import type { FaultSystem } from './system.js'
-import { verifyRun } from './verify.js'
+import { expectReplicatorsRunning, verifyRun } from './verify.js'
 import { write } from './workload.js'
 import { streamMessages } from '../helpers/stream.js'
 
@@ -22,13 +22,9 @@ const OTHER_KEY = randomBytes(32).toString('hex')
 
 /** A valid event from `us`, as the plugin would make it, to break in one way. */
 function base (over: Partial<Parameters<typeof createEvent>[0]> = {}): RegionsyncEvent {
-  return createEvent({
-    origin: 'us',
-    method: 'POST',
-    path: '/v3/users',
+  return newEvent({
     query: '',
-    contentType: 'application/json',
-    body: Buffer.from(JSON.stringify({ user: { id: `bad-${randomBytes(4).toString('hex')}`, name: 'bad' } })),
+    body: JSON.stringify({ user: { id: `bad-${randomBytes(4).toString('hex')}`, name: 'bad' } }),
     resource: '/v3/users/bad',
     ...over
   })
@@ -274,12 +270,12 @@ describe('bad input, fed straight to the stream and to the plugin', () => {
     // The large event's letter does not carry it: `dlq replay` reads it from the stream and
     // evaluates it again (the target still refuses it).
     const huge = letters.find((l) => l.region === 'eu' && l.detail.includes('413'))!
-    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', faults.nats.url, '--namespace', s.ns])
+    const replay = await runRegionsync(['dlq', 'replay', '--region', 'eu', '--id', huge.eventId!, '--nats', faults.nats.url, '--namespace', s.ns], { timeoutMs: 30_000 })
     expect(replay.stdout.trim(), replay.stderr).toBe(`${huge.eventId}  failed  rejected: target answered 413`)
     expect(replay.code).toBe(1)
     // The older update was not applied a second time: the newer name stands everywhere.
     for (const r of s.regions) expect((await r.api.state()).users.find((u) => u.id === rid)?.name, r.name).toBe('r2')
-    for (const r of s.regions) for (const p of r.replicators) expect(p.running, `${p.label} still running`).toBe(true)
+    expectReplicatorsRunning(s)
     expect(STREAM_CASES.length + pluginCases.length).toBeGreaterThanOrEqual(25)
     expect(report.acknowledged).toBe(goods + 3 + 3)
     expect(replayedAck.duplicate).toBe(false)

@@ -3,7 +3,8 @@ import { NatsCluster } from '../helpers/nats-cluster.js'
 import { NatsServer } from '../helpers/nats-server.js'
 import type { Checker } from './checker.js'
 import { FaultSystem, type SystemOptions } from './system.js'
-import { sleep } from './verify.js'
+import { sleep, type LoadedRun } from './verify.js'
+import type { WorkloadOptions } from './workload.js'
 
 /** What a fault file gets: its NATS, and the system under test started on it. */
 export interface FaultFixture<N> {
@@ -11,6 +12,11 @@ export interface FaultFixture<N> {
   readonly nats: N
   /** Starts the system under test on the file's NATS; it is stopped after the file, before NATS. */
   start: (options?: Omit<SystemOptions, 'servers'>) => Promise<FaultSystem>
+  /**
+   * A run's beginning: starts the system, creates the projects (unless `seedProjects: false`) and
+   * starts the client's writes (`workload` overrides the system's defaults).
+   */
+  startUnderLoad: (options?: Omit<SystemOptions, 'servers'>, load?: { seedProjects?: boolean, workload?: Partial<Omit<WorkloadOptions, 'checker' | 'credentials' | 'url'>> }) => Promise<LoadedRun>
 }
 
 function fixture<N extends { stop: () => Promise<void> }> (startNats: () => Promise<N>, serversOf: (n: N) => string[]): FaultFixture<N> {
@@ -30,6 +36,12 @@ function fixture<N extends { stop: () => Promise<void> }> (startNats: () => Prom
       const system = await FaultSystem.start({ ...options, servers: serversOf(this.nats) })
       systems.push(system)
       return system
+    },
+    async startUnderLoad (options = {}, load = {}) {
+      const startedAt = Date.now()
+      const system = await this.start(options)
+      if (load.seedProjects !== false) await system.seedProjects()
+      return { system, load: system.workload(load.workload).start(), startedAt }
     }
   }
 }

@@ -4,7 +4,7 @@ import { waitFor } from '../helpers/fixtures.js'
 import { ms } from './durations.js'
 import { streamsOf } from './scan.js'
 import { injectFault, useFaultSystemOnCluster } from './fixture.js'
-import { sleep, verifyRun } from './verify.js'
+import { endRun, expectReplicatorsRunning, sleep } from './verify.js'
 
 const faults = useFaultSystemOnCluster(3)
 
@@ -57,15 +57,12 @@ describe('fault: a three-server NATS cluster (R3), one server killed -9 during w
       progress.push(Object.fromEntries(system.regions.map((r) => [r.name, r.api.replays.filter((a) => a.handled && a.at > killedAt + 3000 && a.at < killedAt + DOWN_MS).length])))
       await waitFor(`${node.name} to catch up`, async () => await allCurrent(system.jsm, streams), 60_000)
     }
-    await sleep(ms(5000, 3000))
-    await load.stop()
-    await verifyRun(system, {
+    await endRun({ system, load, startedAt }, ms(5000, 3000), {
       order: 7,
       fault: '3-server cluster, R3: kill -9 one server, then another',
-      startedAt,
       notes: () => `killed ${victims.join(' then ')} (the stream leader each time) for ${DOWN_MS / 1000} s; applied while down: ${progress.map((p) => Object.entries(p).map(([k, v]) => `${k} ${v}`).join('/')).join(', ')}`
     })
     for (const p of progress) for (const [region, n] of Object.entries(p)) expect(n, `${region} applied writes while a server was down`).toBeGreaterThan(0)
-    for (const r of system.regions) for (const p of r.replicators) expect(p.running, `${p.label} still running`).toBe(true)
+    expectReplicatorsRunning(system)
   })
 })

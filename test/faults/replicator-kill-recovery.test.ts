@@ -14,13 +14,10 @@ const faults = useFaultSystem()
 
 describe('fault: one of two replicator instances killed -9 mid-load, with the default settings, not restarted', () => {
   it(`the region catches up within ${CATCH_UP_LIMIT_MS / 1000} s of the load's end; nothing lost, nothing applied twice, every resource in order`, async () => {
-    const startedAt = Date.now()
     // The command makes the consumers with its own defaults (no short ack wait from the suite).
-    const system = await faults.start({ replicatorsPerRegion: 2, suiteConsumers: false })
-    await system.seedProjects()
+    const { system, load, startedAt } = await faults.startUnderLoad({ replicatorsPerRegion: 2, suiteConsumers: false })
     const eu = system.region('eu')
     const victim = eu.replicators[0]!
-    const load = system.workload().start()
     await sleep(ms(10_000, 6000))
     const fault = system.checker.fault(`kill -9 ${victim.label}`)
     await victim.kill()

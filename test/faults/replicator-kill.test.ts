@@ -1,19 +1,17 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
 import { useFaultSystem } from './fixture.js'
-import { sleep, verifyRun } from './verify.js'
+import { endRun, sleep } from './verify.js'
 import { prng } from '../helpers/fixtures.js'
 
 const faults = useFaultSystem()
 
 describe('fault: replicator instances killed -9, repeatedly, during a steady stream of writes', () => {
   it('every region ends equal to the source: nothing lost, nothing applied twice, every resource in order', async () => {
-    const startedAt = Date.now()
     const seed = Date.now() & 0xffffffff
     const rand = prng(seed)
-    const system = await faults.start({ replicatorsPerRegion: 2 })
-    await system.seedProjects()
-    const load = system.workload({ seed }).start()
+    const run = await faults.startUnderLoad({ replicatorsPerRegion: 2 }, { workload: { seed } })
+    const system = run.system
     const until = Date.now() + ms(45_000, 15_000)
     let kills = 0
     // Bounded by the window: one kill every 1-3 s, alternating regions; every third takes out
@@ -29,12 +27,9 @@ describe('fault: replicator instances killed -9, repeatedly, during a steady str
       await Promise.all(victims.map(async (v) => await v.start()))
       fault.end()
     }
-    await sleep(2000)
-    await load.stop()
-    const report = await verifyRun(system, {
+    const report = await endRun(run, 2000, {
       order: 1,
       fault: 'replicator kill -9 (repeated)',
-      startedAt,
       notes: () => `${kills} kills of 1 or both of 2 instances per region; seed ${seed}`
     })
     expect(kills).toBeGreaterThanOrEqual(4)

@@ -16,11 +16,7 @@ type Forgery = (typeof FORGERIES)[number]
 
 describe('security: credentials never stored in clear; writes without the signing key never applied', () => {
   it('after a run with end-user credentials on every write and forged events on the stream, no stored message or log holds a credential, and no forged event was applied', async () => {
-    const startedAt = Date.now()
-    const system = await faults.start()
-    const s = system
-    await s.seedProjects()
-    const load = s.workload({ writers: 6 }).start()
+    const { system: s, load, startedAt } = await faults.startUnderLoad({}, { workload: { writers: 6 } })
     const pub = new EventPublisher(s.nc, s.ns, s.options.partitions, SIGNING_KEY)
     const marker = `forged-${randomBytes(6).toString('hex')}`
     const forged: Array<{ seq: number, how: Forgery, id: string }> = []

@@ -3,19 +3,18 @@ import { describe, expect, it } from 'vitest'
 import { metricValue } from '../helpers/events.js'
 import { ms } from './durations.js'
 import { useFaultSystem } from './fixture.js'
-import { sleep, verifyRun } from './verify.js'
+import { endRun, sleep } from './verify.js'
 
 const faults = useFaultSystem()
 
 describe('fault: the source API killed -9 during a steady stream of writes, restarted on the same spool', () => {
   it('every write the client saw answered 2xx reaches every region once, in order, also when the kill lands with events in the spool', async () => {
-    const startedAt = Date.now()
     // The source is examples/dist/server.js; its data lives in its memory, so after a kill -9 the
     // reference is what the client saw acknowledged, and the regions must also equal each other.
-    const system = await faults.start({ sourceProcess: true })
+    // No projects and no grants: they would die with the source's memory.
+    const run = await faults.startUnderLoad({ sourceProcess: true }, { seedProjects: false, workload: { projects: [] } })
+    const system = run.system
     const source = system.source.process!
-    // No grants: the projects they name would die with the source's memory.
-    const load = system.workload({ projects: [] }).start()
     const plainKills = ms(3, 1)
     for (let i = 0; i < plainKills; i++) {
       await sleep(ms(7000, 4000))
@@ -41,12 +40,9 @@ describe('fault: the source API killed -9 during a steady stream of writes, rest
     }
     await source.start()
     outage.end()
-    await sleep(ms(6000, 4000))
-    await load.stop()
-    const report = await verifyRun(system, {
+    const report = await endRun(run, ms(6000, 4000), {
       order: 2,
       fault: 'source API kill -9 (restart on same spool)',
-      startedAt,
       notes: () => `${source.starts - 1} kills, each restarted on the same spool, the last with NATS down and ${spooled} events in the spool`
     })
     expect(spooled).toBeGreaterThan(0)

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { ms } from './durations.js'
 import { injectFault, useFaultSystem } from './fixture.js'
-import { sleep, verifyRun } from './verify.js'
+import { endRun, sleep } from './verify.js'
 
 const faults = useFaultSystem()
 
@@ -9,23 +9,16 @@ describe('fault: a target that answers slowly (200 ms a replay)', () => {
   const SLOW_MS = ms(25_000, 8000)
 
   it(`eu takes 200 ms over every answer for ${SLOW_MS / 1000} s: it falls behind and catches up, nothing lost, once, in order`, async () => {
-    const startedAt = Date.now()
-    const system = await faults.start()
-    await system.seedProjects()
-    const eu = system.region('eu')
-    const load = system.workload().start()
+    const run = await faults.startUnderLoad()
+    const eu = run.system.region('eu')
     await sleep(ms(4000, 2000))
     eu.proxy.slowMs = 200
-    await injectFault(system.checker, `eu answers 200 ms late for ${SLOW_MS} ms`, SLOW_MS, { start: () => { eu.proxy.mode = 'slow' }, end: () => { eu.proxy.mode = 'pass' } })
-    await sleep(ms(6000, 3000))
-    await load.stop()
-    const { slowed } = eu.proxy.counts
-    await verifyRun(system, {
+    await injectFault(run.system.checker, `eu answers 200 ms late for ${SLOW_MS} ms`, SLOW_MS, { start: () => { eu.proxy.mode = 'slow' }, end: () => { eu.proxy.mode = 'pass' } })
+    await endRun(run, ms(6000, 3000), {
       order: 6,
       fault: 'target slow (200 ms per answer)',
-      startedAt,
-      notes: () => `${slowed} replays answered 200 ms late over ${SLOW_MS / 1000} s`
+      notes: () => `${eu.proxy.counts.slowed} replays answered 200 ms late over ${SLOW_MS / 1000} s`
     })
-    expect(slowed).toBeGreaterThan(50)
+    expect(eu.proxy.counts.slowed).toBeGreaterThan(50)
   })
 })

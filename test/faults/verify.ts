@@ -4,6 +4,7 @@ import type { CheckReport } from './checker.js'
 import { scanForSecrets } from './scan.js'
 import { recordRow, rowOf } from './summary.js'
 import type { FaultSystem } from './system.js'
+import type { Workload } from './workload.js'
 
 export const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -11,6 +12,13 @@ export const sleep = async (ms: number): Promise<void> => await new Promise((res
 export function secretsOf (system: FaultSystem): string[] {
   const c = system.credentials
   return [c.bearer, c.xAuthToken, c.cookie, c.cookie.slice(c.cookie.indexOf('=') + 1), ...system.regions.map((r) => r.token)]
+}
+
+/** A fault run under way: its system, the client's writes, and when it began (for the summary row). */
+export interface LoadedRun {
+  system: FaultSystem
+  load: Workload
+  startedAt: number
 }
 
 export interface VerifyOptions {
@@ -71,4 +79,16 @@ export async function verifyRun (system: FaultSystem, o: VerifyOptions): Promise
   else expect(letters.map((l) => `${l.region} ${l.reason} ${l.detail}`), 'dead letters').toEqual([])
   expect(scan.found, 'credentials found in clear').toEqual([])
   return report
+}
+
+/** A run's end: the writes go on for `settleMs` after the last fault, stop, and the run is verified. */
+export async function endRun (run: LoadedRun, settleMs: number, o: Omit<VerifyOptions, 'startedAt'>): Promise<CheckReport> {
+  await sleep(settleMs)
+  await run.load.stop()
+  return await verifyRun(run.system, { ...o, startedAt: run.startedAt })
+}
+
+/** No replicator ended by itself during the run. */
+export function expectReplicatorsRunning (system: FaultSystem): void {
+  for (const r of system.regions) for (const p of r.replicators) expect(p.running, `${p.label} still running`).toBe(true)
 }
