@@ -87,6 +87,12 @@ async function region (name: string, namespace: string, plugin: Partial<Regionsy
   return { app, url, answered }
 }
 
+/** Regions us and eu of a new namespace, both running the plugin. */
+async function usAndEu (): Promise<{ ns: string, us: Region, eu: Region }> {
+  const ns = uniqueNamespace()
+  return { ns, us: await region('us', ns), eu: await region('eu', ns) }
+}
+
 /** The replays a region accepted (2xx), first answer per event id: the order it applied them in. */
 function accepted (r: Region): Answered[] {
   const seen = new Set<string>()
@@ -371,9 +377,7 @@ describe('I1: NATS outage', () => {
 
 describe('I9: the body as the client sent it', () => {
   it('a handler that hashes the password in place: the event carries the original, and eu ends with the same hash as us', async () => {
-    const ns = uniqueNamespace()
-    const us = await region('us', ns)
-    const eu = await region('eu', ns)
+    const { ns, us, eu } = await usAndEu()
     const r = await replicator('eu', eu.url, ns)
 
     expect(await send(us.url, 'POST', '/v3/users', { user: { id: 'ann', name: 'ann', password: 'hunter2' } })).toBe(201)
@@ -439,9 +443,7 @@ describe('non-JSON bodies', () => {
 
 describe('I6: active-active', () => {
   it('writes in either region reach the other once and never come back', async () => {
-    const ns = uniqueNamespace()
-    const us = await region('us', ns)
-    const eu = await region('eu', ns)
+    const { ns, us, eu } = await usAndEu()
     const toEu = await replicator('eu', eu.url, ns)
     const toUs = await replicator('us', us.url, ns)
 
