@@ -16,9 +16,10 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { ApiProcess } from './helpers/child-process.js'
 import { registryValue } from './helpers/events.js'
-import { SIGNING_KEY, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
+import { SIGNING_KEY, connect, startReplicator, state, uniqueNamespace, waitFor } from './helpers/fixtures.js'
 import { freePort } from './helpers/nats-server.js'
 import { TestTarget, type ReceivedRequest } from './helpers/target.js'
+import { DelayProxy } from './helpers/delay-proxy.js'
 import { useNats } from './helpers/harness.js'
 import { streamMessages } from './helpers/stream.js'
 
@@ -336,6 +337,59 @@ describe('I1: NATS outage', () => {
     // Per user, eu ran the updates in the order the client sent them.
     for (const [path, bodies] of sent) {
       expect(accepted(eu).filter((a) => a.method === 'PATCH' && a.url === path).map((a) => a.body)).toEqual(bodies)
+    }
+  })
+
+  it('with NATS 80 ms away, a spool of 400 drains while the API keeps taking 40 writes a second, and every user\'s writes are on the stream in the order sent', async () => {
+    const ns = uniqueNamespace()
+    const proxy = await DelayProxy.start({ target: { host: '127.0.0.1', port: h.nats.port }, delayMs: 40 })
+    h.defer(async () => await proxy.close())
+    const far = await connect(`nats://${proxy.address}`)
+    h.defer(async () => { await far.close() })
+    const us = await region('us', ns, { connection: far, publishTimeoutMs: 1000 })
+    const users = Array.from({ length: 20 }, (_, k) => `far${k}`)
+    const sent = new Map<string, string[]>(users.map((id) => [id, []]))
+    const next = new Map<string, number>(users.map((id) => [id, 0]))
+    const write = async (id: string): Promise<void> => {
+      const i = next.get(id) as number
+      next.set(id, i + 1)
+      const w = userWrite(id, i)
+      sent.get(id)?.push(JSON.stringify(w.body))
+      expect(await send(us.url, w.method, w.method === 'POST' ? '/v3/users' : `/v3/users/${id}`, w.body)).toBeLessThan(300)
+    }
+
+    // 400 writes answered from the spool while NATS is down.
+    await h.nats.kill()
+    try {
+      for (let round = 0; round < 20; round++) await Promise.all(users.map(write))
+    } finally {
+      await h.nats.restart()
+    }
+    expect(us.app.regionsync.spooled).toBe(400)
+    // Writes keep coming at 40 a second, each joining the spool while it drains. One event per
+    // round trip (12 a second at 80 ms) would fall further behind them every second.
+    let writing = true
+    const writer = (async () => {
+      for (let n = 0; writing; n++) {
+        await write(users[n % users.length] as string)
+        await sleep(25)
+      }
+    })()
+    try {
+      // Down to what is on its way: a write arriving meanwhile joins the spool behind the events
+      // still in flight, so it holds a few (40 a second x 80 ms) until the writes stop.
+      await waitFor('the spool to drain while writes go on', () => us.app.regionsync.spooled < 20, 30_000)
+    } finally {
+      writing = false
+      await writer
+    }
+    await waitFor('the spool to empty once the writes stop', () => us.app.regionsync.spooled === 0)
+
+    const events = await streamEvents(await connection(), ns)
+    expect(events).toHaveLength([...next.values()].reduce((a, b) => a + b, 0))
+    for (const id of users) {
+      const onStream = events.filter((e) => e.event.resource === `/v3/users/${id}`).map((e) => e.event.body)
+      expect(onStream, `the writes of ${id}`).toEqual(sent.get(id))
     }
   })
 
