@@ -176,10 +176,12 @@ export function formatResults (r: BenchResults): string[] {
     const c = k.conditions
     out.push('', `5. Scaling: ${c.events.toLocaleString('en-US')} events to a target answering in ${c.targetDelayMs} ms, one region, 1 then 2 instances, the defaults (${c.partitions} partitions), ` +
       (c.cpuQuotaCores === null ? `no CPU budget per instance (${c.unconstrainedBecause ?? 'unavailable'}): the instances share the machine` : `each instance with its own CPU budget of ${c.cpuQuotaCores} CPU (a cgroup quota, as a pod's CPU limit)`))
-    out.push(...table(['instances', 'events/s', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], k.runs.map((x) => [
-      x.instances, n0(x.eventsPerSec), n2(x.eventsPerSec / (k.runs[0]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
+    out.push(`   events/s counted once ${Math.round(c.warmUpShare * 100)}% of the backlog is applied (each instance compiling its hot code, the partitions being shared out: before it); whole run beside it`)
+    out.push(...table(['pair', 'instances', 'events/s', 'whole run', 'ratio', 'seconds', 'applied per instance', 'CPU us/event', 'other procs (cores)'], k.runs.map((x, i) => [
+      Math.floor(i / 2) + 1, x.instances, n0(x.eventsPerSec), n0(x.wholeRunEventsPerSec), n2(x.eventsPerSec / (k.runs[i - (i % 2)]?.eventsPerSec ?? NaN)), n2(x.seconds), x.perInstance.join(' + '),
       x.cpuUsPerEvent ?? '-', x.otherCores === null ? '-' : n2(x.otherCores)
     ])))
+    out.push(`   2 instances / 1, pair by pair: ${k.pairRatios.map(n2).join(', ')}; judged on the median, ${n2(k.ratio)}`)
   }
   if (s.wan !== undefined) {
     const w = s.wan
