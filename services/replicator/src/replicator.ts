@@ -31,14 +31,6 @@ export interface DlqReplayResult {
 
 const RATE_WINDOW_S = 10
 
-const OWNERSHIP_MODE = 'lease (JetStream KV, compare-and-set, renewed) with sequence fencing at the target'
-
-/**
- * Applies one region's events to its target. The region's instances share one durable consumer
- * per partition; each partition is owned by one instance at a time (ownership.ts), which keeps
- * many of its events in flight, one lane per resource (partition-worker.ts). So resources stay in
- * order (I3) while the region's rate is bound by its target and its CPU, not by round trips.
- */
 /**
  * Events an instance holds at most per replay it may have in flight (`--concurrency`), over all
  * its partitions. Measured with 16 replays in flight and 5,000 events waiting (`npm run bench --
@@ -47,6 +39,14 @@ const OWNERSHIP_MODE = 'lease (JetStream KV, compare-and-set, renewed) with sequ
  */
 const HELD_PER_REPLAY = 4
 
+const OWNERSHIP_MODE = 'lease (JetStream KV, compare-and-set, renewed) with sequence fencing at the target'
+
+/**
+ * Applies one region's events to its target. The region's instances share one durable consumer
+ * per partition; each partition is owned by one instance at a time (ownership.ts), which keeps
+ * many of its events in flight, one lane per resource (partition-worker.ts). So resources stay in
+ * order (I3) while the region's rate is bound by its target and its CPU, not by round trips.
+ */
 export class Replicator {
   readonly region: string
   readonly metrics: ReplicatorMetrics
