@@ -148,19 +148,10 @@ export class PartitionWorker {
 
   /** Reads what the previous owner may have left in flight, then starts pulling. */
   async start (): Promise<void> {
-    for (;;) {
-      try {
-        for (const s of await this.#d.outstanding()) this.#admit({ ...s, deliveryCount: 0, handle: null })
-        break
-      } catch (err) {
-        // Until it is read, no later event may run ahead of one the previous owner left.
-        if (this.#stopping !== null) return
-        this.#d.log.warn({ err, partition: this.partition }, 'could not read the partition\'s outstanding events; retrying')
-        await this.#sleep(500)
-        if (this.#stopping !== null) return
-      }
-    }
-    if (this.#stopping !== null) return
+    // Until it is read, no later event may run ahead of one the previous owner left.
+    const outstanding = await this.#retrying(async () => await this.#d.outstanding(), 'could not read the partition\'s outstanding events; retrying', () => this.#stopping !== null)
+    if (outstanding === null || this.#stopping !== null) return
+    for (const s of outstanding) this.#admit({ ...s, deliveryCount: 0, handle: null })
     this.#pulls = this.#d.pulls({ onDelivery: (m) => this.#onDelivery(m), onEnded: () => this.#pump() })
     this.#timer = setInterval(() => this.#tick(), TICK_MS)
     this.#timer.unref()
@@ -221,20 +212,11 @@ export class PartitionWorker {
   async #fill (beforeSeq: number): Promise<void> {
     this.#filling = true
     try {
-      for (let failures = 0; ; failures++) {
-        if (this.#stopping !== null) return
-        try {
-          const found = await this.#d.between(this.#highest, beforeSeq)
-          if (this.#stopping !== null) return
-          for (const s of found) if (!this.#held.has(s.seq)) this.#admit({ ...s, deliveryCount: 0, handle: null })
-          this.#d.log.info({ partition: this.partition, after: this.#highest, before: beforeSeq, found: found.length }, 'read the partition for a delivery that never arrived')
-          this.#highest = Math.max(this.#highest, beforeSeq - 1)
-          break
-        } catch (err) {
-          if (failures === 0) this.#d.log.warn({ err, partition: this.partition }, 'could not read the partition for a lost delivery; retrying')
-          await this.#sleep(Math.min(2000, 100 * (failures + 1)))
-        }
-      }
+      const found = await this.#retrying(async () => await this.#d.between(this.#highest, beforeSeq), 'could not read the partition for a lost delivery; retrying', () => this.#stopping !== null)
+      if (found === null || this.#stopping !== null) return
+      for (const s of found) if (!this.#held.has(s.seq)) this.#admit({ ...s, deliveryCount: 0, handle: null })
+      this.#d.log.info({ partition: this.partition, after: this.#highest, before: beforeSeq, found: found.length }, 'read the partition for a delivery that never arrived')
+      this.#highest = Math.max(this.#highest, beforeSeq - 1)
     } finally {
       this.#filling = false
       const queued = this.#queued.splice(0)
@@ -300,7 +282,7 @@ export class PartitionWorker {
 
   async #attempt (e: Entry): Promise<Exclude<Step, { kind: 'retry' }>> {
     if (e.verify) {
-      const applied = await this.#retrying(async () => await this.#d.isApplied(e))
+      const applied = await this.#retrying(async () => await this.#d.isApplied(e), 'could not read the applied log; retrying', () => this.#stopping === 'lost' || !this.#d.owns())
       if (applied === null) return { kind: 'fenced' }
       if (applied) {
         this.#verifyMisses = 0
@@ -325,11 +307,11 @@ export class PartitionWorker {
     }
   }
 
-  /** Retries a NATS read until it answers; null when ownership ended meanwhile. */
-  async #retrying<T> (fn: () => Promise<T>): Promise<T | null> {
-    return await retryUntil(async () => this.#stopping === 'lost' || !this.#d.owns() ? null : await fn(), {
+  /** Retries a NATS read until it answers, logging the first failure as `failed`; null once `stopped()`. */
+  async #retrying<T> (fn: () => Promise<T>, failed: string, stopped: () => boolean): Promise<T | null> {
+    return await retryUntil(async () => stopped() ? null : await fn(), {
       delayMs: (attempt) => Math.min(2000, 100 * attempt),
-      onRetry: (err, attempt) => { if (attempt === 1) this.#d.log.warn({ err, partition: this.partition }, 'could not read the applied log; retrying') },
+      onRetry: (err, attempt) => { if (attempt === 1) this.#d.log.warn({ err, partition: this.partition }, failed) },
       sleep: async (ms) => { await this.#sleep(ms) }
     })
   }
