@@ -3,7 +3,7 @@ import type { IngressResult, IngressVariantName } from './ingress.js'
 import type { LagResult } from './lag.js'
 import { FLAT_RATIO, RSS_LIMIT_MB, type MemoryResult } from './memory.js'
 import type { ProfileSummary } from './profile-summary.js'
-import type { ReplicationResult } from './replication.js'
+import type { ReplicationResult, ReplicationRun } from './replication.js'
 import { SCALING_TARGET, type ScalingResult } from './scaling.js'
 import { VERIFY_FLAT_RATIO, type VerifyResult } from './verify.js'
 import { WAN_JUDGED_RTT_MS, WAN_TARGET, type WanResult } from './wan.js'
@@ -142,12 +142,14 @@ export function formatResults (r: BenchResults): string[] {
     const p = s.replication
     const b = p.conditions.backlog
     out.push('', `2. Replication: backlog ${b.events.toLocaleString('en-US')} events (body ${b.bodyBytes} B, event ${b.eventBytes} B, published in ${b.publishSeconds.toFixed(1)} s), ${p.conditions.concurrency} in flight, target = example API`)
-    const raw = (plugin: boolean): number => p.runs.find((x) => x.mode === 'raw' && x.targetPlugin === plugin)?.eventsPerSec ?? NaN
+    // "vs raw": to raw undici at the same target, in the same pair.
+    const raw = (r: ReplicationRun): number => p.runs.find((x) => x.mode === 'raw' && x.targetPlugin === r.targetPlugin && (x.pair ?? null) === (r.pair ?? null))?.eventsPerSec ?? NaN
     const us = (v: number | null): string => v === null ? '-' : String(v)
-    out.push(...table(['client', 'target', 'events/s', 'vs raw', 'seconds', 'non-2xx', 'client RSS MB', 'CPU us/event: client', 'target', 'nats', 'other procs (cores)'], p.runs.map((x) => [
-      x.mode, x.targetPlugin ? 'with plugin' : 'without', n0(x.eventsPerSec), n2(x.eventsPerSec / raw(x.targetPlugin)), n2(x.seconds), x.non2xx, n1(x.peakRssMB),
+    out.push(...table(['client', 'target', 'pair', 'events/s', 'vs raw', 'seconds', 'non-2xx', 'client RSS MB', 'CPU us/event: client', 'target', 'nats', 'other procs (cores)'], p.runs.map((x) => [
+      x.mode, x.targetPlugin ? 'with plugin' : 'without', x.pair ?? '-', n0(x.eventsPerSec), n2(x.eventsPerSec / raw(x)), n2(x.seconds), x.non2xx, n1(x.peakRssMB),
       us(x.cpuUsPerEvent.client), us(x.cpuUsPerEvent.target), us(x.cpuUsPerEvent.nats), x.otherCores === null ? '-' : n2(x.otherCores)
     ])))
+    out.push(`   replicator / raw, target with the plugin, pair by pair: ${p.pluginPairRatios.map(n2).join(', ')}; judged on the median, ${n2(p.vsRawWithPlugin)}`)
   }
   if (s.lag !== undefined) {
     const l = s.lag

@@ -4,7 +4,7 @@ import type { Child, Message } from './children.js'
 import { CpuMeter } from './cpu.js'
 import { CpuQuota } from './cpu-quota.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
-import { round, sleep } from './util.js'
+import { median, round, sleep } from './util.js'
 
 export const SLOW_TARGET_MS = 5
 /** "Nearly double". */
@@ -95,7 +95,6 @@ export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
   })
   const pairRatios: number[] = []
   for (let i = 0; i + 1 < runs.length; i += 2) pairRatios.push(round((runs[i + 1] as ScalingRun).eventsPerSec / (runs[i] as ScalingRun).eventsPerSec, 3))
-  const sorted = [...pairRatios].sort((a, b) => a - b)
   return {
     conditions: {
       events,
@@ -108,7 +107,7 @@ export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
     },
     runs,
     pairRatios,
-    ratio: sorted[Math.floor(sorted.length / 2)] as number
+    ratio: median(pairRatios)
   }
 }
 
