@@ -52,7 +52,9 @@ export interface ReplicationResult {
  * Runs to the target with the plugin, raw then the replicator, this many times over, alternating:
  * the judged ratio is the median of the pairs'. One pair's raw rate moved by a quarter between
  * runs of the section on a quiet machine (2,431 to 3,150 events/s) and its ratio from 0.43 to
- * 0.55, so one pair is a draw, not a figure (the scaling section found the same).
+ * 0.55, so one pair is a draw, not a figure (the scaling section found the same). The pairs are not
+ * quite equal: each raw run's target publishes its writes to the stream, and raw runs of later
+ * pairs were slower for it (docs/performance.md).
  */
 const PLUGIN_PAIRS = 3
 
