@@ -143,7 +143,7 @@ export function formatResults (r: BenchResults): string[] {
     const b = p.conditions.backlog
     out.push('', `2. Replication: backlog ${b.events.toLocaleString('en-US')} events (body ${b.bodyBytes} B, event ${b.eventBytes} B, published in ${b.publishSeconds.toFixed(1)} s), ${p.conditions.concurrency} in flight, target = example API`)
     // "vs raw": to raw undici at the same target, in the same pair.
-    const raw = (r: ReplicationRun): number => p.runs.find((x) => x.mode === 'raw' && x.targetPlugin === r.targetPlugin && (x.pair ?? null) === (r.pair ?? null))?.eventsPerSec ?? NaN
+    const raw = (r: ReplicationRun): number => p.runs.find((x) => x.mode === 'raw' && x.targetPlugin === r.targetPlugin && x.pair === r.pair)?.eventsPerSec ?? NaN
     const us = (v: number | null): string => v === null ? '-' : String(v)
     out.push(...table(['client', 'target', 'pair', 'events/s', 'vs raw', 'seconds', 'non-2xx', 'client RSS MB', 'CPU us/event: client', 'target', 'nats', 'other procs (cores)'], p.runs.map((x) => [
       x.mode, x.targetPlugin ? 'with plugin' : 'without', x.pair ?? '-', n0(x.eventsPerSec), n2(x.eventsPerSec / raw(x)), n2(x.seconds), x.non2xx, n1(x.peakRssMB),

@@ -4,7 +4,7 @@ import type { Child, Message } from './children.js'
 import { CpuMeter } from './cpu.js'
 import { CpuQuota } from './cpu-quota.js'
 import { startClient, startTarget, stopAll, targetRate, waitForTarget, withNats, type BenchContext } from './context.js'
-import { median, round, sleep } from './util.js'
+import { percentile, round, sleep } from './util.js'
 
 export const SLOW_TARGET_MS = 5
 /** "Nearly double". */
@@ -107,7 +107,7 @@ export async function runScaling (ctx: BenchContext): Promise<ScalingResult> {
     },
     runs,
     pairRatios,
-    ratio: median(pairRatios)
+    ratio: percentile(pairRatios, 50)
   }
 }
 

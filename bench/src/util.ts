@@ -15,12 +15,6 @@ export function percentile (values: number[], p: number): number {
   return sorted[rank] as number
 }
 
-/** The middle value (the upper of the two middle ones for an even count); NaN when there are none. */
-export function median (values: number[]): number {
-  if (values.length === 0) return Number.NaN
-  return Float64Array.from(values).sort()[Math.floor(values.length / 2)] as number
-}
-
 export function round (n: number, digits = 2): number {
   if (!Number.isFinite(n)) return n
   const f = 10 ** digits
