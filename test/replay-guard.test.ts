@@ -156,10 +156,14 @@ describe.each(BINS)('replay guard on %s', (bin) => {
     const id = eventId()
     // The claim reaches the server's socket, but the server answers only after the plugin gave up:
     // the replay is refused (nothing ran), and the claim is written late.
-    server.freeze()
+    await server.freeze()
     let first: Sent
     try {
-      first = await replay(t.url, { eventId: id, seq: 1 })
+      // Bounded, so a replay that waits on the frozen server fails here instead of at the test's timeout.
+      first = await Promise.race([
+        replay(t.url, { eventId: id, seq: 1 }),
+        new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error('the replay was not answered within 10 s while NATS was frozen')), 10_000))
+      ])
     } finally {
       server.thaw()
     }

@@ -4,6 +4,7 @@ import { connect as tcpConnect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from '@regionsync/examples/free-port'
+import { untilStopped } from './stopped.js'
 
 export { freePort }
 
@@ -70,9 +71,15 @@ export class NatsServer {
     this.#proc = null
   }
 
-  /** SIGSTOP: the server takes what clients send into its socket and answers nothing, until thawed. */
-  freeze (): void {
-    this.#proc?.kill('SIGSTOP')
+  /**
+   * SIGSTOP: the server takes what clients send into its socket and answers nothing, until thawed.
+   * Resolves once every one of its threads has stopped, not merely once the signal is sent.
+   */
+  async freeze (): Promise<void> {
+    const proc = this.#proc
+    if (proc === null || proc.pid === undefined) throw new Error('nats-server is not running')
+    proc.kill('SIGSTOP')
+    await untilStopped(proc.pid)
   }
 
   /** SIGCONT: it reads and serves what waited meanwhile, late. */
