@@ -52,9 +52,10 @@ export interface ReplicationResult {
  * Runs to the target with the plugin, raw then the replicator, this many times over, alternating:
  * the judged ratio is the median of the pairs'. One pair's raw rate moved by a quarter between
  * runs of the section on a quiet machine (2,431 to 3,150 events/s) and its ratio from 0.43 to
- * 0.55, so one pair is a draw, not a figure (the scaling section found the same).
+ * 0.55, so one pair is a draw, not a figure (the scaling section found the same). With three
+ * pairs, the medians of runs of one build still spread from 0.46 to 0.63; five narrow that.
  */
-const PLUGIN_PAIRS = 3
+const PLUGIN_PAIRS = 5
 
 /**
  * The runs, in order. Raw and the replicator go to the target without the plugin, then in
