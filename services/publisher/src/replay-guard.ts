@@ -6,13 +6,6 @@ import { RegionRecords, type Names, type RecordEntry } from '@regionsync/shared'
 export const MAX_RECORDED_BODY_BYTES = 64 * 1024
 
 /**
- * An answer whose recorded body (base64) is at most this long goes into the resource's fence, and
- * its claim is not written again: one write per applied replay instead of two. The fence is read
- * at every replay of its resource, so a larger answer goes into the claim, as before.
- */
-export const FENCE_ANSWER_MAX_CHARS = 2048
-
-/**
  * A claim still 'running' after this long was left by a process that died between claiming a
  * replay and recording its answer (crash, kill -9, lost host), and the next delivery may take it
  * over. It must be longer than any replay can honestly take: the replicator gives up on a request
@@ -53,19 +46,8 @@ export interface Claim {
 interface Fence {
   id: string
   seq: number
-  /** The fence's last entry when read, and its revision; null when none. */
-  last: (FenceRecord & { revision: number }) | null
-}
-
-/**
- * A resource's fence: the highest stream sequence applied, the event that applied it, and that
- * event's answer when it was small (FENCE_ANSWER_MAX_CHARS). Fences of earlier versions are the
- * sequence alone.
- */
-export interface FenceRecord {
-  seq: number
-  eventId?: string
-  answer?: RecordedAnswer
+  /** The fence's last entry when read: its highest applied sequence and revision; null when none. */
+  last: { seq: number, revision: number } | null
 }
 
 /** What to do with a genuine replay, decided before its handler runs. */
@@ -99,17 +81,6 @@ export function judgeRecord (record: ReplayRecord | null, bodyHash: string, nowM
 /** The fence lets a replay through only when its sequence is above the highest applied for its resource. */
 export function isSuperseded (seq: number, fenceSeq: number | null): boolean {
   return fenceSeq !== null && seq <= fenceSeq
-}
-
-/**
- * What the fence says of event `eventId` at `seq` whose claim is still running: applied by this
- * event (a duplicate, answered from the fence, or in progress while its answer is still being
- * written into the claim), superseded by a later one, or nothing yet (null).
- */
-export function judgeByFence (fence: FenceRecord | null, eventId: string, seq: number): Verdict | null {
-  if (fence === null || !isSuperseded(seq, fence.seq)) return null
-  if (fence.eventId !== eventId) return { kind: 'superseded' }
-  return fence.answer === undefined ? { kind: 'in-progress' } : { kind: 'duplicate', answer: fence.answer }
 }
 
 export const bodyHashOf = (body: Buffer | null): string => createHash('sha256').update(body ?? Buffer.alloc(0)).digest('base64url')
@@ -194,7 +165,6 @@ export class ReplayGuard {
       this.#claims.create(eventId, running(), { ttlMs: this.#s.recordTtlMs }),
       fenceId === null ? null : this.#fences.entry(fenceId)
     ])
-    let last = fenceOf(fenceEntry)
     let revision = created
     for (let attempt = 0; revision === null; attempt++) {
       const entry = await this.#claims.entry(eventId)
@@ -206,19 +176,12 @@ export class ReplayGuard {
       const record = parseRecord(entry)
       const judged = judgeRecord(record, bodyHash, this.#now(), dead)
       if (judged === 'duplicate') return { kind: 'duplicate', answer: record as RecordedAnswer }
-      if (judged === 'different-body') return { kind: judged }
-      if (record !== null && fenceId !== null) {
-        // A running claim whose attempt applied the event left its answer in the fence. Before a
-        // take-over, read the fence again: the attempt may have written it after our first read.
-        if (judged === 'take-over') last = fenceOf(await this.#fences.entry(fenceId))
-        const byFence = judgeByFence(last, eventId, seq as number)
-        if (byFence !== null) return byFence
-      }
       if (judged !== 'take-over') return { kind: judged }
       revision = await this.#claims.update(eventId, running(), entry.revision, { ttlMs: this.#s.recordTtlMs })
       // Lost the take-over to another delivery: it runs; look again to answer as it says.
       if (revision === null && attempt > 2) return { kind: 'in-progress' }
     }
+    const last = fenceEntry === null || fenceEntry.value === null ? null : { seq: Number(fenceEntry.value), revision: fenceEntry.revision }
     const claim: Claim = { eventId, by, revision, bodyHash, fence: fenceId === null ? null : { id: fenceId, seq: seq as number, last } }
     if (claim.fence !== null && isSuperseded(claim.fence.seq, last?.seq ?? null)) {
       // Recorded as answered, so its next delivery is answered the same without a fence read.
@@ -229,13 +192,11 @@ export class ReplayGuard {
   }
 
   /**
-   * After a 2xx: records the answer and raises the resource's fence; resolves once both hold.
-   * A small answer of a fenced replay is recorded in the fence itself, one write; otherwise the
-   * claim and the fence are written at once. Throws when JetStream does not take them.
+   * After a 2xx: records the answer and raises the resource's fence, both at once; resolves once
+   * both hold. Throws when JetStream does not take them.
    */
   async finish (claim: Claim, answer: RecordedAnswer): Promise<void> {
-    const inFence = claim.fence !== null && answer.body.length <= FENCE_ANSWER_MAX_CHARS
-    await Promise.all([inFence ? null : this.#finishClaim(claim, answer), this.#raiseFence(claim, inFence ? answer : undefined)])
+    await Promise.all([this.#finishClaim(claim, answer), this.#raiseFence(claim)])
     this.#live.delete(claim.by)
   }
 
@@ -262,24 +223,21 @@ export class ReplayGuard {
     if (revision !== null) claim.revision = revision
   }
 
-  /**
-   * Only ever up: compare-and-set on the revision read, read again when another replay moved it.
-   * When a later event raised it meanwhile, this one's answer is not kept: a repeat of it is
-   * answered superseded.
-   */
-  async #raiseFence (claim: Claim, answer: RecordedAnswer | undefined): Promise<void> {
+  /** Only ever up: compare-and-set on the revision read, read again when another replay moved it. */
+  async #raiseFence (claim: Claim): Promise<void> {
     const fence = claim.fence
     if (fence === null) return
     let last = fence.last
-    const value = JSON.stringify({ seq: fence.seq, eventId: claim.eventId, ...(answer !== undefined ? { answer } : {}) } satisfies FenceRecord)
-    const opts = { ttlMs: this.#s.recordTtlMs }
     for (;;) {
       if (last !== null && last.seq >= fence.seq) return
+      const value = String(fence.seq)
+      const opts = { ttlMs: this.#s.recordTtlMs }
       const written = last === null
         ? await this.#fences.create(fence.id, value, opts)
         : await this.#fences.update(fence.id, value, last.revision, opts)
       if (written !== null) return
-      last = fenceOf(await this.#fences.entry(fence.id))
+      const entry: RecordEntry | null = await this.#fences.entry(fence.id)
+      last = entry === null ? null : { seq: entry.value === null ? 0 : Number(entry.value), revision: entry.revision }
     }
   }
 }
@@ -290,13 +248,4 @@ const SUPERSEDED_ANSWER: RecordedAnswer = { status: 208, contentType: null, body
 function parseRecord (entry: RecordEntry): ReplayRecord | null {
   if (entry.value === null) return null
   return JSON.parse(entry.value) as ReplayRecord
-}
-
-/** A fence entry as read: null when there is none; a delete marker fences nothing (sequence 0). */
-function fenceOf (entry: RecordEntry | null): (FenceRecord & { revision: number }) | null {
-  if (entry === null) return null
-  if (entry.value === null) return { seq: 0, revision: entry.revision }
-  // Fences of earlier versions hold the sequence alone.
-  const record = /^\d+$/.test(entry.value) ? { seq: Number(entry.value) } : JSON.parse(entry.value) as FenceRecord
-  return { ...record, revision: entry.revision }
 }
