@@ -174,13 +174,15 @@ describe.each(BINS)('replay guard on %s', (bin) => {
     // the replay is refused (nothing ran), and the claim is written late.
     await server.freeze()
     let first: Sent
+    let bound: NodeJS.Timeout | undefined
     try {
       // Bounded, so a replay that waits on the frozen server fails here instead of at the test's timeout.
       first = await Promise.race([
         replay(t.url, { eventId: id, seq: 1 }),
-        new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error('the replay was not answered within 10 s while NATS was frozen')), 10_000))
+        new Promise<never>((_resolve, reject) => { bound = setTimeout(() => reject(new Error('the replay was not answered within 10 s while NATS was frozen')), 10_000) })
       ])
     } finally {
+      clearTimeout(bound)
       server.thaw()
     }
     expect(first.status).toBe(503)
