@@ -12,6 +12,8 @@ export const EXAMPLE_API_SERVER = fileURLToPath(new URL('../../examples/dist/ser
 
 /** How much of each stream a child keeps by default: the tail, for failure messages and scans. */
 export const DEFAULT_KEEP_CHARS = 1024 * 1024
+/** The latest run's stderr kept for the message of a run that exits before it is ready. */
+const RUN_STDERR_KEEP_CHARS = 2000
 
 export interface Exit {
   code: number | null
@@ -56,6 +58,7 @@ export class NodeProcess {
   /** The latest run's log entries, the first of each message, read as each line arrives. */
   #logs = new Map<string, LogEntry>()
   #partialLine = ''
+  #runStderr = ''
 
   constructor (readonly script: string, args: string[] = [], options: NodeProcessOptions = {}) {
     this.args = args
@@ -88,6 +91,7 @@ export class NodeProcess {
     this.starts++
     this.#logs = new Map()
     this.#partialLine = ''
+    this.#runStderr = ''
     proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
       this.stdout = this.#keep(this.stdout, d)
       this.output = this.#keep(this.output, d)
@@ -95,6 +99,7 @@ export class NodeProcess {
     })
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
       this.stderr = this.#keep(this.stderr, d)
+      this.#runStderr = (this.#runStderr + d).slice(-RUN_STDERR_KEEP_CHARS)
       this.output = this.#keep(this.output, d)
     })
     this.#exited = new Promise((resolve) => proc.once('close', (code, signal) => resolve({ code, signal })))
@@ -132,7 +137,10 @@ export class NodeProcess {
       // The output is all read once it has exited: the line will not come.
       const exit = await Promise.race([this.#exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), 50))])
       if (exit !== null && this.#logs.get(msg) === undefined) {
-        throw new Error(`${this.label} exited (${exit.code ?? exit.signal}) without logging "${msg}": ${this.tail()}`)
+        // Why it exited is on its stderr, after any log lines; a failure's first line (all that a
+        // summary of a long run keeps) says it.
+        const why = this.#runStderr.trim().replaceAll('\n', ' | ')
+        throw new Error(`${this.label} exited (${exit.code ?? exit.signal}) without logging "${msg}"; stderr: ${why === '' ? '(nothing)' : why}\noutput: ${this.tail()}`)
       }
       if (Date.now() > deadline) throw new Error(`${this.label} did not log "${msg}" within ${timeoutMs} ms: ${this.tail()}`)
     }
