@@ -12,6 +12,13 @@ const RECENT_LIMIT = 20_000
 export class AppliedLog {
   readonly #records: RegionRecords
   readonly #recent = new Set<string>()
+  /**
+   * The same ids in the order they came, a ring: the oldest leaves when the ring is full. Not the
+   * Set's own first entry: V8 leaves a deleted entry's slot in place until the table is rebuilt,
+   * so finding the first live one walks every slot freed since (about 7 us per event measured).
+   */
+  readonly #order: Array<string | undefined> = new Array<string | undefined>(RECENT_LIMIT)
+  #oldest = 0
 
   private constructor (records: RegionRecords) {
     this.#records = records
@@ -42,9 +49,17 @@ export class AppliedLog {
   /** `outcome`: applied, already-applied, superseded or dead (a dead letter is final too). */
   async record (eventId: string, outcome: string): Promise<void> {
     // A dead letter is final for the stream, not for `dlq replay`, which must be able to send it.
-    if (outcome !== 'dead') this.#recent.add(eventId)
-    if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.values().next().value as string)
+    if (outcome !== 'dead') this.#remember(eventId)
     await this.#records.put(eventId, JSON.stringify({ outcome, at: new Date().toISOString() }))
+  }
+
+  #remember (eventId: string): void {
+    if (this.#recent.has(eventId)) return
+    const evicted = this.#order[this.#oldest]
+    if (evicted !== undefined) this.#recent.delete(evicted)
+    this.#order[this.#oldest] = eventId
+    this.#oldest = (this.#oldest + 1) % RECENT_LIMIT
+    this.#recent.add(eventId)
   }
 
   close (): void {
