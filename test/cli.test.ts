@@ -124,6 +124,40 @@ describe('regionsync replicate', () => {
     await right.metricsPort()
   })
 
+  it('a set-up that fails on the way is tried twice more: it starts once the cause is gone, or exits 3 with one line saying why', async () => {
+    // A stream of another owner on the dead letters' subjects: the replicator cannot make its own.
+    const jsm = await jetstreamManager(await connection())
+    const blocked = async (ns: string): Promise<string> => {
+      const name = `BLOCKER_${randomBytes(4).toString('hex')}`
+      await jsm.streams.add({ name, subjects: [names(ns).dlqSubjects] })
+      return name
+    }
+    const t = await target()
+    const args = (ns: string): string[] => ['replicate', '--region', 'eu', '--target', t.url, '--signing-key', SIGNING_KEY, '--target-token', 'eu-token', '--nats', h.nats.url, '--namespace', ns, '--metrics-port', '0']
+
+    const ns = uniqueNamespace()
+    const blocker = await blocked(ns)
+    const cmd = start(args(ns))
+    const retrying = await cmd.waitForLog('could not start; retrying')
+    expect(JSON.stringify(retrying.err)).toContain('overlap')
+    await jsm.streams.delete(blocker)
+    const port = await cmd.metricsPort()
+    await waitFor('/readyz 200', async () => (await get(port, '/readyz')).status === 200)
+    await expectAppliedWithToken(t, ns, (await get(port, '/status')).body.partitions, 'eu-token')
+
+    const stays = uniqueNamespace()
+    await blocked(stays)
+    const startedAt = Date.now()
+    const res = await run(args(stays))
+    expect(res.code).toBe(3)
+    // Three tries, 1 s then 2 s apart.
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(3000)
+    expect(res.stdout.split('\n').filter((l) => l.includes('could not start; retrying'))).toHaveLength(2)
+    const lines = res.stderr.split('\n').filter((l) => l !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(/^regionsync: JetStream refused a request: subjects overlap with an existing stream \(error \d+\)$/)
+  })
+
   it('with good flags it serves /healthz and /readyz on the port it logs, applies events and exits 0 on SIGTERM', async () => {
     const ns = uniqueNamespace()
     const t = await target()

@@ -1,10 +1,10 @@
 import { createInterface } from 'node:readline/promises'
 import { fileURLToPath } from 'node:url'
-import { jetstreamManager } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { JetStreamApiError, jetstreamManager } from '@nats-io/jetstream'
+import { TimeoutError, type NatsConnection } from '@nats-io/transport-node'
 import { CommanderError } from 'commander'
 import {
-  ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names,
+  ErrorCode, InvalidOptionError, connectNats, createLogger, createSigner, isNotFound, isRegionsyncError, names, retryUntil,
   type Logger, type Names, type StartFrom
 } from '@regionsync/shared'
 import { gatherStatus, formatStatusTable, DEFAULT_STATUS_WAIT_MS } from './cluster-status.js'
@@ -27,6 +27,8 @@ export { EXIT } from './cli-options.js'
 /* The command's own human output goes through `Io`; everything else logs through pino. */
 
 const DEFAULT_DLQ_REPLAY_WAIT_MS = 30_000
+/** Tries at setting a replicator up before the command gives up with exit 3. */
+const START_ATTEMPTS = 3
 
 /** Thrown when the command fails while running (not a configuration problem): exit 3. */
 class RuntimeFailure extends Error {}
@@ -87,7 +89,7 @@ async function replicate (f: ReplicateFlags): Promise<number> {
       throw new InvalidOptionError('--signing-key', `verifies none of the newest events on the stream (the last at seq ${check.seq}): every event would be dead-lettered bad-signature; give the key the publishers sign with`)
     }
     if (check.kind === 'no-events') log.warn('no event on the stream yet to check --signing-key against; a wrong key shows as bad-signature dead letters')
-    replicator = await Replicator.start({
+    const options = {
       region: regionName,
       target,
       targetToken: f.targetToken,
@@ -99,10 +101,18 @@ async function replicate (f: ReplicateFlags): Promise<number> {
       maxRps: Number(f.maxRps),
       requestTimeoutMs: Number(f.timeoutMs),
       connection: nc,
-      ownsConnection: true,
+      // Drained here once the replicator is closed: a failed start must leave it open for the next.
+      ownsConnection: false,
       logger: log,
       namespace: f.namespace,
       from
+    }
+    // A start that fails on the way (JetStream busy, a leader being elected) is tried again; a
+    // configuration error is not.
+    replicator = await retryUntil(async () => await Replicator.start(options), {
+      retryable: (err, attempt) => attempt < START_ATTEMPTS && !isConfigurationError(err),
+      delayMs: (attempt) => 1000 * attempt,
+      onRetry: (err, attempt) => { log.warn({ err, attempt }, 'could not start; retrying') }
     })
   } catch (err) {
     // An open connection would keep the process alive after the error is reported.
@@ -114,6 +124,7 @@ async function replicate (f: ReplicateFlags): Promise<number> {
     server = await startMetricsServer(replicator, metricsPort, f.metricsHost, log)
   } catch (err) {
     await replicator.close()
+    await nc.close()
     throw new InvalidOptionError('--metrics-port', `cannot listen on ${f.metricsHost}:${metricsPort} (${(err as Error).message})`, { cause: err })
   }
   let stopping = false
@@ -131,6 +142,7 @@ async function replicate (f: ReplicateFlags): Promise<number> {
   })
   await replicator.close()
   await server.close()
+  if (!nc.isClosed()) await nc.drain().catch((err: unknown) => { log.warn({ err }, 'draining NATS failed') })
   if (lost !== null) {
     log.error({ err: lost }, 'NATS connection lost')
     throw new RuntimeFailure(`lost the NATS connection (${lost.message})`)
@@ -385,15 +397,28 @@ function program (io: Io, done: (code: number) => void): EnvCommand {
   return root
 }
 
-/** The exit code for an error the command ended with; one line on stderr says why. */
+/** A flag, the server or the stream does not fit: exit 2, and no use trying again. */
+function isConfigurationError (err: unknown): boolean {
+  return isRegionsyncError(err) && (err.code === ErrorCode.InvalidOption || err.code === ErrorCode.UnsupportedServer || err.code === ErrorCode.StreamMismatch)
+}
+
+/** The exit code for an error the command ended with; one line on stderr says why (a stack follows an unexpected error). */
 function exitFor (err: unknown, io: Io): number {
   if (isRegionsyncError(err)) {
     io.err(`regionsync: ${err.message}`)
-    const configuration = err.code === ErrorCode.InvalidOption || err.code === ErrorCode.UnsupportedServer || err.code === ErrorCode.StreamMismatch
-    return configuration ? EXIT.badConfiguration : EXIT.runtimeFailure
+    return isConfigurationError(err) ? EXIT.badConfiguration : EXIT.runtimeFailure
   }
   if (err instanceof RuntimeFailure) {
     io.err(`regionsync: ${err.message}`)
+    return EXIT.runtimeFailure
+  }
+  // NATS's own answers are not our bugs: one line, as for the rest; a stack only for the unexpected.
+  if (err instanceof JetStreamApiError) {
+    io.err(`regionsync: JetStream refused a request: ${err.message} (error ${err.code})`)
+    return EXIT.runtimeFailure
+  }
+  if (err instanceof TimeoutError) {
+    io.err('regionsync: NATS did not answer a request in time')
     return EXIT.runtimeFailure
   }
   io.err(`regionsync: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`)
