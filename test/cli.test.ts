@@ -130,6 +130,7 @@ describe('regionsync replicate', () => {
     const blocked = async (ns: string): Promise<string> => {
       const name = `BLOCKER_${randomBytes(4).toString('hex')}`
       await jsm.streams.add({ name, subjects: [names(ns).dlqSubjects] })
+      h.defer(async () => { await jsm.streams.delete(name).catch(() => false) })
       return name
     }
     const t = await target()

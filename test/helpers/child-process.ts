@@ -99,7 +99,8 @@ export class NodeProcess {
     })
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
       this.stderr = this.#keep(this.stderr, d)
-      this.#runStderr = (this.#runStderr + d).slice(-RUN_STDERR_KEEP_CHARS)
+      // Its beginning: the line that says why comes first, a stack after it.
+      if (this.#runStderr.length < RUN_STDERR_KEEP_CHARS) this.#runStderr = (this.#runStderr + d).slice(0, RUN_STDERR_KEEP_CHARS)
       this.output = this.#keep(this.output, d)
     })
     this.#exited = new Promise((resolve) => proc.once('close', (code, signal) => resolve({ code, signal })))

@@ -144,9 +144,15 @@ export class IdentityResolver {
   /** Opens (creating if needed) the region's records and loads the types that translate. */
   static async open (nc: NatsConnection, n: Names, region: string, s: IdentitySettings): Promise<IdentityResolver> {
     const entities = await EntityRecords.open(nc, n, region, s.replicas)
-    const types = await RegionRecords.open(nc, n.idTypesBucket, region, {
-      replicas: s.replicas, description: 'regionsync: per region, collections whose ids the target replaces'
-    })
+    let types: RegionRecords
+    try {
+      types = await RegionRecords.open(nc, n.idTypesBucket, region, {
+        replicas: s.replicas, description: 'regionsync: per region, collections whose ids the target replaces'
+      })
+    } catch (err) {
+      entities.close()
+      throw err
+    }
     const r = new IdentityResolver(entities, types, region, s.logger)
     try {
       await r.#follow(await new Kvm(nc).open(n.idTypesBucket))

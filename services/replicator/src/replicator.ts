@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events'
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
-import type { Subscription } from '@nats-io/transport-node'
+import type { Status, Subscription } from '@nats-io/transport-node'
 import {
   EVENT_SIGNATURE_HEADER, ErrorCode, coalescerOf, errorCodeOf, createSigner, decodeEvent, ensureDlqStream, ensureEventStream, ensurePartitionConsumer,
   isNotFound, isRegionsyncError, loadOtel, names, parseStreamSettings, readSubjectRange, regionLag, retryUntil, serverMaxPayload,
@@ -73,6 +73,8 @@ export class Replicator {
   #partitions = 0
   #ackWaitMs = 0
   #subscriptions: Subscription[] = []
+  /** The connection's status events, watched until close (the connection may outlive this replicator). */
+  #statuses: (AsyncIterable<Status> & { stop?: () => void }) | null = null
   /** Aborts every replay still in flight when the shutdown grace period ends. */
   readonly #shutdown = new AbortController()
   #started = false
@@ -269,7 +271,8 @@ export class Replicator {
   }
 
   async #watchConnection (): Promise<void> {
-    for await (const s of this.#o.connection.status()) {
+    this.#statuses = this.#o.connection.status()
+    for await (const s of this.#statuses) {
       if (s.type === 'disconnect') {
         this.#connected = false
         this.#log.warn({ server: s.server }, 'disconnected from NATS')
@@ -566,6 +569,7 @@ export class Replicator {
 
   async #close (): Promise<void> {
     for (const s of this.#subscriptions) s.unsubscribe()
+    this.#statuses?.stop?.()
     if (this.#rateTimer !== null) clearInterval(this.#rateTimer)
     const grace = setTimeout(() => {
       this.#shutdown.abort()
