@@ -1,7 +1,13 @@
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import { Replicator } from '@regionsync/replicator'
+import { EVENT_SIGNATURE_HEADER, decodeEvent, names } from '@regionsync/shared'
+import { headers as natsHeaders } from '@nats-io/transport-node'
 import { describe, expect, it } from 'vitest'
+import { registryValue } from './helpers/events.js'
 import { SIGNING_KEY, call, silentLogger, startIdentityApi, state, uniqueNamespace, waitFor, type RunningApi } from './helpers/fixtures.js'
 import { useNats } from './helpers/harness.js'
+import { streamMessages } from './helpers/stream.js'
 
 const h = useNats()
 
@@ -58,5 +64,43 @@ describe('end to end', () => {
     // Every event reached each region once: 40 creates, 1 project, 40 updates/deletes, 13 grants.
     expect(applied[0]! + applied[1]!).toBe(94)
     expect(applied[2]! + applied[3]!).toBe(94)
+  })
+
+  it('a create and a DELETE the target\'s guard recorded are known applied from the entity\'s record: copies stored again are not sent', async () => {
+    const ns = uniqueNamespace()
+    const source = await api('us', ns)
+    const eu = await api('eu', ns, 'eu-secret')
+    const first = await replicator('eu', eu.url, ns, 'eu-secret')
+    const kept = await call(source.url, 'POST', '/v3/users', { user: { name: 'kept' } })
+    const gone = await call(source.url, 'POST', '/v3/users', { user: { name: 'gone' } })
+    expect((await call(source.url, 'DELETE', `/v3/users/${gone.body.user.id as string}`)).status).toBe(204)
+    await waitFor('eu to match the source', async () => JSON.stringify(await state(eu.url)) === JSON.stringify(await state(source.url)))
+    await waitFor('lag to drain', async () => (await first.lag()).pending === 0)
+    await first.close()
+    const received = async (outcome: string): Promise<number> => await registryValue(eu.app.regionsync.registry, 'regionsync_replays_received_total', { region: 'eu', outcome })
+    expect(await received('applied')).toBe(3)
+
+    // The region's applied log has none of the three: their entities' records name them.
+    const n = names(ns)
+    const nc = await connection()
+    const events = (await streamMessages(await jetstreamManager(nc), n.eventStream)).map((m) => ({ m, event: decodeEvent(m.data) }))
+    expect(events.map((e) => e.event.method)).toEqual(['POST', 'POST', 'DELETE'])
+    const applied = await new Kvm(nc).open(n.appliedBucket)
+    expect((await applied.status()).values).toBe(0)
+
+    // Each event stored again, as a publisher's retry past the duplicate window would: a new
+    // instance, which remembers nothing itself, finds them applied and sends none.
+    const js = jetstream(nc)
+    for (const { m } of events) {
+      const h = natsHeaders()
+      h.set(EVENT_SIGNATURE_HEADER, m.header?.get(EVENT_SIGNATURE_HEADER) ?? '')
+      expect((await js.publish(m.subject, m.data, { msgID: `${m.seq}-copy`, headers: h })).duplicate).toBe(false)
+    }
+    const second = await replicator('eu', eu.url, ns, 'eu-secret')
+    await waitFor('the copies to be acknowledged', async () => (await second.lag()).pending === 0)
+    expect(await registryValue(second.metrics.registry, 'regionsync_events_skipped_total', { region: 'eu', reason: 'already-applied' })).toBe(3)
+    expect(await received('applied') + await received('duplicate')).toBe(3)
+    expect(await state(eu.url)).toEqual(await state(source.url))
+    expect((await applied.status()).values).toBe(0)
   })
 })

@@ -83,6 +83,8 @@ describe.each(BINS)('replay guard on %s', (bin) => {
     const first = await replay(t.url, { eventId: id, seq: 1 })
     const second = await replay(t.url, { eventId: id, seq: 1 })
     expect(first.status).toBe(201)
+    // The first answer says the guard recorded it: the replicator need not record it twice.
+    expect(first.headers[REPLAY_OUTCOME_HEADER]).toBe('applied')
     expect({ status: second.status, type: second.headers['content-type'], body: second.body })
       .toEqual({ status: 201, type: first.headers['content-type'], body: first.body })
     expect(second.headers[REPLAY_OUTCOME_HEADER]).toBe('duplicate')
@@ -194,7 +196,8 @@ describe.each(BINS)('replay guard on %s', (bin) => {
   it('a replay answered non-2xx gives its claim back: the retry runs the handler', async () => {
     const t = await target((n) => n === 1 ? 503 : 201)
     const id = eventId()
-    expect((await replay(t.url, { eventId: id, seq: 1 })).status).toBe(503)
+    const refused = await replay(t.url, { eventId: id, seq: 1 })
+    expect({ status: refused.status, outcome: refused.headers[REPLAY_OUTCOME_HEADER] }).toEqual({ status: 503, outcome: undefined })
     expect((await replay(t.url, { eventId: id, seq: 1 })).status).toBe(201)
     expect((await replay(t.url, { eventId: id, seq: 1 })).status).toBe(201)
     expect(t.handled()).toBe(2)

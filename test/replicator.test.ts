@@ -299,6 +299,21 @@ describe('what is not sent, or sent once', () => {
     await waitFor('pending to reach 0', async () => (await pending(s)) === 0)
   })
 
+  it('a create stored again reaches a target without the plugin once, also through an instance that did not apply it', async () => {
+    const s = await setup()
+    const create = newEvent({ resource: 'users/abc', created: { id: 'abc', field: 'user.id', mode: 'inject' } })
+    await s.pub.publish(create, { msgID: `${create.id}-a` })
+    await waitFor('the create applied', () => s.target.withKey(create.id).length === 1)
+    await waitFor('pending to reach 0', async () => (await pending(s)) === 0)
+    await s.r.close()
+    // This target does not say it recorded the replay: the region's applied log is what knows.
+    await s.pub.publish(create, { msgID: `${create.id}-b` })
+    const next = await replicator(s.ns, s.target.url)
+    await waitFor('the copy to be acknowledged', async () => (await regionLag(s.jsm, names(s.ns), REGION, next.partitions)).pending === 0)
+    expect(s.target.withKey(create.id)).toHaveLength(1)
+    expect(await registryValue(next.metrics.registry, 'regionsync_events_skipped_total', { region: REGION, reason: 'already-applied' })).toBe(1)
+  })
+
   it('events of one resource reach the target in publish order across two replicator instances (I3)', async () => {
     const s = await setup(() => ({ status: 200, delayMs: Math.floor(Math.random() * 6) }))
     const second = await replicator(s.ns, s.target.url)

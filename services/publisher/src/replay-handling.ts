@@ -143,6 +143,9 @@ export class ReplayHandling {
         delayMs: () => RECORD_RETRY_MS,
         onRetry: (err) => { this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay yet; retrying') }
       })
+      // Tells the replicator this target remembers the replay (its id, its answer, its fence):
+      // a redelivery is answered from the record, whatever the replicator kept.
+      reply.header(REPLAY_OUTCOME_HEADER, 'applied')
     } catch (err) {
       this.#log.warn({ err, eventId: claim.eventId }, 'regionsync could not record an applied replay')
     }

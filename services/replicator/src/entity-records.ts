@@ -19,6 +19,20 @@ export interface EntityRecord {
   createdSeq: number | null
   /** Stream sequence of the DELETE this region applied since that create; null while it exists. */
   deletedSeq: number | null
+  /**
+   * Id of the replayed create (`createdEvent`) or DELETE (`deletedEvent`) whose 2xx wrote this
+   * record, when the target's guard recorded that replay too: the event is then known applied
+   * from here, and the region's applied log does not hold it (see Replicator's settle). Absent in
+   * records of earlier versions, of the region's own writes, of a create answered 409, of a
+   * mapping made by hand, and of replays to a target without the plugin.
+   */
+  createdEvent?: string
+  deletedEvent?: string
+}
+
+/** Whether `record` names the create or DELETE `eventId` as the one that wrote it. */
+export function namesApplied (record: EntityRecord | null, kind: 'create' | 'delete', eventId: string): boolean {
+  return record !== null && (kind === 'create' ? record.createdEvent : record.deletedEvent) === eventId
 }
 
 /** A path in one canonical form: no trailing "/", each segment percent-encoded the same way. */

@@ -9,7 +9,8 @@ export type DeadVerdict = { kind: 'dead', reason: DeadLetterReason, detail: stri
 
 /** What to do with one event, whatever carried it (the stream, or a dead-letter replay). */
 export type Verdict =
-  | { kind: 'done', outcome: 'applied' | 'already-applied' | 'own-origin' | 'superseded' }
+  /** `entityRecorded`: the entity's record names the event as applied; the applied log need not. */
+  | { kind: 'done', outcome: 'applied' | 'already-applied' | 'own-origin' | 'superseded', entityRecorded?: true }
   | { kind: 'retry', delayMs: number, reason: string }
   | DeadVerdict
 

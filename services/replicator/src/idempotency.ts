@@ -7,7 +7,10 @@ const RECENT_LIMIT = 20_000
 /**
  * Which events a region has applied (I4), in JetStream KV so every instance of the region sees
  * what any other applied. Written after the target's 2xx and before the ack: a crash between the
- * two leaves the record, and the redelivery is acknowledged without a second replay.
+ * two leaves the record, and the redelivery is acknowledged without a second replay. A replayed
+ * create or DELETE that the target's guard recorded (`x-regionsync-outcome: applied`) is not
+ * written here: its entity's record, written before the ack too, names it
+ * (EntityRecord.createdEvent, deletedEvent), and a redelivery reads both.
  */
 export class AppliedLog {
   readonly #records: RegionRecords
@@ -49,11 +52,12 @@ export class AppliedLog {
   /** `outcome`: applied, already-applied, superseded or dead (a dead letter is final too). */
   async record (eventId: string, outcome: string): Promise<void> {
     // A dead letter is final for the stream, not for `dlq replay`, which must be able to send it.
-    if (outcome !== 'dead') this.#remember(eventId)
+    if (outcome !== 'dead') this.remember(eventId)
     await this.#records.put(eventId, JSON.stringify({ outcome, at: new Date().toISOString() }))
   }
 
-  #remember (eventId: string): void {
+  /** Notes an event settled here whose record is kept elsewhere (its entity's record). */
+  remember (eventId: string): void {
     if (this.#recent.has(eventId)) return
     const evicted = this.#order[this.#oldest]
     if (evicted !== undefined) this.#recent.delete(evicted)

@@ -2,7 +2,7 @@ import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { RegionRecords, findCreatedId, type Logger, type Names, type RegionsyncEvent } from '@regionsync/shared'
 import { deleteNotFound, type DeleteNotFoundVerdict } from './delete-not-found.js'
-import { EntityRecords, canonicalPath, canonicalSegment, entityPath, pathKey, type EntityRecord } from './entity-records.js'
+import { EntityRecords, canonicalPath, canonicalSegment, entityPath, namesApplied, pathKey, type EntityRecord } from './entity-records.js'
 import type { RetrySchedule } from './retry-policy.js'
 
 /**
@@ -95,7 +95,8 @@ export function entityOf (event: RegionsyncEvent): string {
  * identity's business (then the retry policy decides). `applied` carries what a create taught.
  */
 export type AnswerVerdict =
-  | { kind: 'applied', learnt: Learnt | null }
+  /** `recorded`: the entity's record now names the event as applied (a create or DELETE's 2xx). */
+  | { kind: 'applied', learnt: Learnt | null, recorded: boolean }
   | DeleteNotFoundVerdict
   | { kind: 'classify' }
 
@@ -202,7 +203,12 @@ export class IdentityResolver {
    * entity's next event is translated. Call before recording the event as applied; a failure
    * (NATS) must make the event retry, or the mapping is lost.
    */
-  async learn (event: RegionsyncEvent, seq: number, response: unknown): Promise<Learnt | null> {
+  async learn (event: RegionsyncEvent, seq: number, response: unknown, applied: boolean): Promise<Learnt | null> {
+    return (await this.#learn(event, seq, response, applied))?.learnt ?? null
+  }
+
+  /** `recorded`: the entity's record now names the event (`applied`, and the record was written). */
+  async #learn (event: RegionsyncEvent, seq: number, response: unknown, applied: boolean): Promise<{ learnt: Learnt, recorded: boolean } | null> {
     const created = event.created
     if (created === null) return null
     const type = createdType(event)
@@ -212,7 +218,7 @@ export class IdentityResolver {
       // what that delivery learnt stands.
       const prior = await this.#entities.get(entityPath(type, created.id))
       if (prior !== null && prior.createdSeq !== null && prior.deletedSeq === null) {
-        return { type, sourceId: created.id, targetId: prior.targetId, remapped: false }
+        return { learnt: { type, sourceId: created.id, targetId: prior.targetId, remapped: false }, recorded: false }
       }
     }
     const remapped = targetId !== null && targetId !== created.id
@@ -220,18 +226,39 @@ export class IdentityResolver {
       await this.#types.put(pathKey(type), type)
       this.#translating.add(type)
     }
-    await this.#entities.put({ v: 1, entity: entityPath(type, created.id), targetId, createdSeq: seq, deletedSeq: null })
-    return { type, sourceId: created.id, targetId, remapped }
+    await this.#entities.put({
+      v: 1, entity: entityPath(type, created.id), targetId, createdSeq: seq, deletedSeq: null, ...(applied ? { createdEvent: event.id } : {})
+    })
+    return { learnt: { type, sourceId: created.id, targetId, remapped }, recorded: applied }
   }
 
   /**
    * Records that the region applied a DELETE (2xx, or a 404 deleteNotFound called already
    * applied): a later 404 for it is then known to be true.
    */
-  async recordDeleted (event: RegionsyncEvent, seq: number): Promise<void> {
+  async recordDeleted (event: RegionsyncEvent, seq: number, applied: boolean): Promise<void> {
     const entity = entityOf(event)
     const prior = await this.#entities.get(entity)
-    await this.#entities.put({ v: 1, entity, targetId: prior?.targetId ?? null, createdSeq: prior?.createdSeq ?? null, deletedSeq: seq })
+    await this.#entities.put({
+      v: 1,
+      entity,
+      targetId: prior?.targetId ?? null,
+      createdSeq: prior?.createdSeq ?? null,
+      deletedSeq: seq,
+      ...(prior?.createdEvent !== undefined ? { createdEvent: prior.createdEvent } : {}),
+      ...(applied ? { deletedEvent: event.id } : {})
+    })
+  }
+
+  /**
+   * Whether the entity's record names `event`, a create or a DELETE, as applied here; false for
+   * any other event. Asked with the applied log for a redelivery or after a takeover, as a
+   * replayed create or DELETE the target's guard recorded is recorded only here.
+   */
+  async knowsApplied (event: RegionsyncEvent): Promise<boolean> {
+    if (event.created !== null) return namesApplied(await this.#entities.get(entityPath(createdType(event), event.created.id)), 'create', event.id)
+    if (event.method === 'DELETE') return namesApplied(await this.#entities.get(entityOf(event)), 'delete', event.id)
+    return false
   }
 
   /**
@@ -240,7 +267,7 @@ export class IdentityResolver {
    * region of an entity deleted here first would look like a DELETE that missed.
    */
   async recordOwn (event: RegionsyncEvent, seq: number): Promise<void> {
-    if (event.method === 'DELETE') await this.recordDeleted(event, seq)
+    if (event.method === 'DELETE') await this.recordDeleted(event, seq, false)
     else if (event.created !== null) {
       await this.#entities.put({ v: 1, entity: entityPath(createdType(event), event.created.id), targetId: event.created.id, createdSeq: seq, deletedSeq: null })
     }
@@ -257,15 +284,20 @@ export class IdentityResolver {
    */
   async onAnswer (event: RegionsyncEvent, seq: number, sentPath: string, status: number, json: unknown, attempt: number, schedule: RetrySchedule): Promise<AnswerVerdict> {
     if (status >= 200 && status < 300) {
-      if (event.method === 'DELETE') await this.recordDeleted(event, seq)
-      return { kind: 'applied', learnt: await this.learn(event, seq, json) }
+      if (event.method === 'DELETE') {
+        await this.recordDeleted(event, seq, true)
+        return { kind: 'applied', learnt: null, recorded: true }
+      }
+      const learnt = await this.#learn(event, seq, json, true)
+      return { kind: 'applied', learnt: learnt?.learnt ?? null, recorded: learnt?.recorded === true }
     }
     if (event.method === 'DELETE' && (status === 404 || status === 410)) {
       const verdict = deleteNotFound(await this.recordOf(event), sentPath, attempt, schedule)
-      if (verdict.kind === 'already-applied') await this.recordDeleted(event, seq)
+      // Not named as applied by this event: deleteNotFound's verdict is recorded in the applied log.
+      if (verdict.kind === 'already-applied') await this.recordDeleted(event, seq, false)
       return verdict
     }
-    if (status === 409 && event.created !== null) await this.learn(event, seq, undefined)
+    if (status === 409 && event.created !== null) await this.learn(event, seq, undefined, false)
     return { kind: 'classify' }
   }
 

@@ -197,8 +197,13 @@ export class Replicator {
         }
       },
       isApplied: async (e) => {
-        const id = eventOf(e)?.id
-        return id !== undefined && await (this.#applied as AppliedLog).has(id)
+        const event = eventOf(e)
+        if (event === null) return false
+        const applied = this.#applied as AppliedLog
+        if (applied.settledHere(event.id)) return true
+        // A replayed create or DELETE is recorded in its entity's record alone (see #settle).
+        const [logged, known] = await Promise.all([applied.has(event.id), (this.#ids as IdentityResolver).knowsApplied(event)])
+        return logged || known
       },
       run: async (e) => await this.#attempt(e, () => own.owns(partition, epoch)),
       settle: async (e, step) => await this.#settle(e, step),
@@ -324,7 +329,12 @@ export class Replicator {
       this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
       return
     }
-    if (v.kind === 'done' && v.outcome !== 'own-origin' && id !== null) await this.#record(id, v.outcome)
+    if (v.kind !== 'done' || v.outcome === 'own-origin' || id === null) return
+    // A create or DELETE the target's guard recorded: the entity's record, written before the
+    // verdict, names it already, so one JetStream write per such replay is saved (a redelivery
+    // reads the entity's record with the applied log; the guard answers a copy stored later).
+    if (v.entityRecorded === true) (this.#applied as AppliedLog).remember(id)
+    else await this.#record(id, v.outcome)
   }
 
   async #deadLetter (e: Entry, v: DeadVerdict): Promise<void> {
@@ -410,6 +420,9 @@ export class Replicator {
         this.metrics.idsRemapped.inc({ region: this.region })
         this.#log.warn({ eventId: event.id, type: identity.learnt.type, sourceId: identity.learnt.sourceId, targetId: identity.learnt.targetId }, 'target gave a created resource another id; later paths naming it are rewritten')
       }
+      // Recorded twice over: the entity's record names the event, and the target's guard has its id
+      // (a copy of the event stored again later is answered from there).
+      if (identity.kind === 'applied' && identity.recorded && v.kind === 'done' && sent.headers[REPLAY_OUTCOME_HEADER] === 'applied') v = { ...v, entityRecorded: true }
       if (identity.kind === 'already-applied') v = { kind: 'done', outcome: 'already-applied' }
       else if (identity.kind === 'retry') v = { kind: 'retry', delayMs: identity.delayMs, reason: identity.reason }
       else if (identity.kind === 'dead') v = dead(identity.reason, identity.detail, sent.status, sent.excerpt)
