@@ -117,14 +117,14 @@ describe('IdentityResolver on a real nats-server', () => {
   it('learns a remapped id and translates the next event, on another instance too', async () => {
     const { r: a, ns } = await open()
     const create = ev('POST', '/api/articles/a/comments', '7', 'comment.id')
-    const learnt = await a.learn(create, 10, { comment: { id: 12, body: 'hi' } }, true)
+    const learnt = await a.learn(create, 10, { comment: { id: 12, body: 'hi' } }, 'names')
     expect(learnt).toEqual({ type: '/api/articles/a/comments', sourceId: '7', targetId: '12', remapped: true })
     expect(await a.translate(ev('DELETE', '/api/articles/a/comments/7'))).toEqual({ kind: 'ok', path: '/api/articles/a/comments/12' })
 
     // A second instance of the region loads what the first learnt; a third, started before, hears it.
     const { r: b } = await open('eu', ns)
     expect(await b.translate(ev('DELETE', '/api/articles/a/comments/7'))).toEqual({ kind: 'ok', path: '/api/articles/a/comments/12' })
-    await a.learn(ev('POST', '/api/things', 'x'), 11, { id: 'y' }, true)
+    await a.learn(ev('POST', '/api/things', 'x'), 11, { id: 'y' }, 'names')
     await waitFor('the watch to deliver /api/things', () => b.translatingTypes.has('/api/things'))
     expect(await b.translate(ev('PATCH', '/api/things/x'))).toEqual({ kind: 'ok', path: '/api/things/y' })
 
@@ -135,13 +135,13 @@ describe('IdentityResolver on a real nats-server', () => {
 
   it('learns nothing to translate when the target honours the injected id, and records the create', async () => {
     const { r } = await open()
-    const learnt = await r.learn(ev('POST', '/api/articles', 'how-to', 'article.slug'), 3, { article: { slug: 'how-to' } }, true)
+    const learnt = await r.learn(ev('POST', '/api/articles', 'how-to', 'article.slug'), 3, { article: { slug: 'how-to' } }, 'names')
     expect(learnt?.remapped).toBe(false)
     expect(r.translatingTypes.size).toBe(0)
     const del = ev('DELETE', '/api/articles/how-to')
     expect(await r.recordOf(del)).toMatchObject({ entity: '/api/articles/how-to', targetId: 'how-to', createdSeq: 3, deletedSeq: null })
     expect(deleteNotFound(await r.recordOf(del), del.path, 99, DEFAULT_RETRY).kind).toBe('dead')
-    await r.recordDeleted(del, 4, true)
+    await r.recordDeleted(del, 4, 'names')
     expect(deleteNotFound(await r.recordOf(del), del.path, 1, DEFAULT_RETRY)).toEqual({ kind: 'already-applied', why: 'deleted-here' })
   })
 
@@ -151,16 +151,44 @@ describe('IdentityResolver on a real nats-server', () => {
     const del = ev('DELETE', '/api/articles/a')
     const recreate = ev('POST', '/api/articles', 'a', 'article.slug')
     expect(await r.knowsApplied(create)).toBe(false)
-    await r.learn(create, 1, { article: { slug: 'a' } }, true)
+    await r.learn(create, 1, { article: { slug: 'a' } }, 'names')
     expect(await r.knowsApplied(create)).toBe(true)
     expect(await r.knowsApplied(del)).toBe(false)
-    await r.recordDeleted(del, 2, true)
+    await r.recordDeleted(del, 2, 'names')
     expect([await r.knowsApplied(create), await r.knowsApplied(del)]).toEqual([true, true])
     // A create answered 409 (or to a target that did not record it) names no event.
-    await r.learn(recreate, 3, undefined, false)
+    await r.learn(recreate, 3, undefined, 'plain')
     expect([await r.knowsApplied(create), await r.knowsApplied(del), await r.knowsApplied(recreate)]).toEqual([false, false, false])
     // Nor does an update, whatever its entity's record says.
     expect(await r.knowsApplied(ev('PATCH', '/api/articles/a'))).toBe(false)
+  })
+
+  it('never moves an entity\'s record back for an answer the target\'s plugin repeated from its record', async () => {
+    const { r } = await open()
+    const slug = (s: string): unknown => ({ article: { slug: s } })
+    const recordOf = async (id: string): Promise<EntityRecord | null> => await r.recordOf(ev('DELETE', `/api/articles/${id}`))
+    const create1 = ev('POST', '/api/articles', 'a', 'article.slug')
+    const del2 = ev('DELETE', '/api/articles/a')
+    const create3 = ev('POST', '/api/articles', 'a', 'article.slug')
+    await r.learn(create1, 1, slug('a-1'), 'names')
+    await r.recordDeleted(del2, 2, 'names')
+    await r.learn(create3, 3, slug('a-3'), 'names')
+    // Redeliveries of the first life's create and DELETE, and a copy of the create stored later.
+    expect(await r.onAnswer(create1, 1, create1.path, 201, slug('a-1'), 2, DEFAULT_RETRY, 'repeat')).toMatchObject({ kind: 'applied', recorded: false })
+    expect(await r.onAnswer(del2, 2, del2.path, 204, undefined, 2, DEFAULT_RETRY, 'repeat')).toMatchObject({ kind: 'applied', recorded: false })
+    await r.onAnswer(create1, 9, create1.path, 201, slug('a-1'), 1, DEFAULT_RETRY, 'repeat')
+    expect(await recordOf('a')).toMatchObject({ targetId: 'a-3', createdSeq: 3, deletedSeq: null, createdEvent: create3.id })
+    // What a crash before the region's record lost is learnt from the repeat: a first create, and
+    // a create again after a recorded DELETE.
+    await r.onAnswer(ev('POST', '/api/articles', 'b', 'article.slug'), 5, '/api/articles', 201, slug('b-5'), 2, DEFAULT_RETRY, 'repeat')
+    expect(await recordOf('b')).toMatchObject({ targetId: 'b-5', createdSeq: 5, deletedSeq: null })
+    await r.learn(ev('POST', '/api/articles', 'c', 'article.slug'), 6, slug('c-6'), 'names')
+    await r.recordDeleted(ev('DELETE', '/api/articles/c'), 7, 'names')
+    await r.onAnswer(ev('POST', '/api/articles', 'c', 'article.slug'), 8, '/api/articles', 201, slug('c-8'), 2, DEFAULT_RETRY, 'repeat')
+    expect(await recordOf('c')).toMatchObject({ targetId: 'c-8', createdSeq: 8, deletedSeq: null })
+    // ... and a DELETE the region had not recorded.
+    await r.onAnswer(ev('DELETE', '/api/articles/c'), 10, '/api/articles/c-8', 204, undefined, 2, DEFAULT_RETRY, 'repeat')
+    expect(await recordOf('c')).toMatchObject({ targetId: 'c-8', deletedSeq: 10 })
   })
 
   it('records the region\'s own creates, so a DELETE from elsewhere of what it deleted itself is already applied', async () => {
@@ -176,7 +204,7 @@ describe('IdentityResolver on a real nats-server', () => {
   it('is unmapped when a mapping the region learnt is lost, and for an id of a translating type it never saw created', async () => {
     const nc = await h.connection()
     const { r, ns } = await open()
-    await r.learn(ev('POST', '/api/articles/a/comments', '7', 'comment.id'), 10, { comment: { id: 12 } }, true)
+    await r.learn(ev('POST', '/api/articles/a/comments', '7', 'comment.id'), 10, { comment: { id: 12 } }, 'names')
     expect(await r.translate(ev('DELETE', '/api/articles/a/comments/8'))).toMatchObject({ kind: 'unmapped', type: '/api/articles/a/comments', id: '8' })
     const kv = await new Kvm(nc).open(names(ns).entityBucket)
     for await (const key of await kv.keys('eu.>')) await kv.purge(key)
@@ -196,14 +224,14 @@ describe('IdentityResolver.onAnswer', () => {
     h.defer(async () => r.close())
     const create = ev('POST', '/api/articles/a/comments', '7', 'comment.id')
     expect(await r.onAnswer(create, 5, create.path, 201, { comment: { id: 1007 } }, 1, schedule))
-      .toEqual({ kind: 'applied', learnt: { type: '/api/articles/a/comments', sourceId: '7', targetId: '1007', remapped: true }, recorded: true })
+      .toEqual({ kind: 'applied', learnt: { type: '/api/articles/a/comments', sourceId: '7', targetId: '1007', remapped: true }, recorded: false })
     expect(await r.onAnswer(create, 5, create.path, 409, undefined, 2, schedule)).toEqual({ kind: 'classify' })
     const del = ev('DELETE', '/api/articles/a/comments/7')
     expect(await r.translate(del)).toEqual({ kind: 'ok', path: '/api/articles/a/comments/1007' })
     // Sent untranslated (say, by an instance that had not heard of the type yet): never success.
     expect((await r.onAnswer(del, 6, del.path, 404, undefined, 1, schedule)).kind).toBe('retry')
     expect(await r.onAnswer(del, 6, del.path, 404, undefined, 2, schedule)).toMatchObject({ kind: 'dead', reason: 'delete-not-found' })
-    expect(await r.onAnswer(del, 6, '/api/articles/a/comments/1007', 204, undefined, 3, schedule)).toEqual({ kind: 'applied', learnt: null, recorded: true })
+    expect(await r.onAnswer(del, 6, '/api/articles/a/comments/1007', 204, undefined, 3, schedule)).toEqual({ kind: 'applied', learnt: null, recorded: false })
     expect(await r.onAnswer(del, 6, '/api/articles/a/comments/1007', 404, undefined, 9, schedule)).toEqual({ kind: 'already-applied', why: 'deleted-here' })
     const never = ev('DELETE', '/api/articles/b')
     expect(await r.onAnswer(never, 7, never.path, 404, undefined, 1, schedule)).toEqual({ kind: 'already-applied', why: 'never-seen' })
@@ -218,7 +246,7 @@ describe('regionsync ids map', () => {
     const ns = uniqueNamespace()
     const r = await IdentityResolver.open(await h.connection(), names(ns), 'eu', { replicas: 1, logger: silentLogger })
     h.defer(async () => r.close())
-    await r.learn(ev('POST', '/api/articles', 'a', 'article.slug'), 1, { article: { slug: 'a-x' } }, true)
+    await r.learn(ev('POST', '/api/articles', 'a', 'article.slug'), 1, { article: { slug: 'a-x' } }, 'names')
     const unmapped = await r.translate(ev('PUT', '/api/articles/old'))
     expect(unmapped).toMatchObject({ kind: 'unmapped' })
     expect((unmapped as { detail: string }).detail).toContain('regionsync ids map --type /api/articles --source old --target <id>')

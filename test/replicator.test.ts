@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { Kvm } from '@nats-io/kv'
 import { createSigner, encodeEvent, names, partitionOf, regionLag, type RegionsyncEvent } from '@regionsync/shared'
 import { Replicator, listDeadLetters, startMetricsServer, type ReplicatorOptions, type StoredDeadLetter } from '@regionsync/replicator'
 import { request } from 'undici'
@@ -312,6 +313,7 @@ describe('what is not sent, or sent once', () => {
     await waitFor('the copy to be acknowledged', async () => (await regionLag(s.jsm, names(s.ns), REGION, next.partitions)).pending === 0)
     expect(s.target.withKey(create.id)).toHaveLength(1)
     expect(await registryValue(next.metrics.registry, 'regionsync_events_skipped_total', { region: REGION, reason: 'already-applied' })).toBe(1)
+    expect((await (await new Kvm(await connection()).open(names(s.ns).appliedBucket)).status()).values).toBe(1)
   })
 
   it('events of one resource reach the target in publish order across two replicator instances (I3)', async () => {

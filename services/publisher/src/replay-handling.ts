@@ -6,7 +6,10 @@ import { ReplayBodyMismatchError, ReplayInProgressError, UnavailableError } from
 import type { PublisherMetrics } from './metrics.js'
 import { MAX_RECORDED_BODY_BYTES, type Claim, type RecordedAnswer, type ReplayGuard } from './replay-guard.js'
 
-/** Response header that says what the guard made of a replay it did not run: superseded, in-progress, different-body, duplicate. */
+/**
+ * Response header that says what the guard made of a replay: applied (ran and recorded), or, for
+ * one it did not run, superseded, in-progress, different-body, duplicate.
+ */
 export const REPLAY_OUTCOME_HEADER = 'x-regionsync-outcome'
 
 /** Wait between attempts to record an applied replay while JetStream is unreachable. */

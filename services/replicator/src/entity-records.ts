@@ -21,10 +21,11 @@ export interface EntityRecord {
   deletedSeq: number | null
   /**
    * Id of the replayed create (`createdEvent`) or DELETE (`deletedEvent`) whose 2xx wrote this
-   * record, when the target's guard recorded that replay too: the event is then known applied
-   * from here, and the region's applied log does not hold it (see Replicator's settle). Absent in
-   * records of earlier versions, of the region's own writes, of a create answered 409, of a
-   * mapping made by hand, and of replays to a target without the plugin.
+   * record, when the target's plugin ran and recorded that replay (`x-regionsync-outcome:
+   * applied`): the event is then known applied from here, and the region's applied log does not
+   * hold it (see Replicator's settle). Absent in records of earlier versions, of the region's own
+   * writes, of a create answered 409, of a DELETE answered 404, of a mapping made by hand, of an
+   * answer the plugin repeated from its record, and of replays to a target without the plugin.
    */
   createdEvent?: string
   deletedEvent?: string

@@ -2,7 +2,10 @@ import { decodeEvent, type RegionsyncEvent, type Signer } from '@regionsync/shar
 import type { DeadLetterReason } from './dead-letter.js'
 import { backoffMs, classify, retryAfterMs, type AlreadyAppliedMap, type RetrySchedule } from './retry-policy.js'
 
-/** Header with which the target's plugin says a replay was older than what it has for the resource. */
+/**
+ * Header with which the target's plugin says what it made of a replay: applied and recorded,
+ * answered from its record (duplicate), older than what it has for the resource (superseded)...
+ */
 export const REPLAY_OUTCOME_HEADER = 'x-regionsync-outcome'
 
 export type DeadVerdict = { kind: 'dead', reason: DeadLetterReason, detail: string, status: number | null, excerpt: string }

@@ -15,6 +15,17 @@ export type Translation =
   | { kind: 'ok', path: string }
   | { kind: 'unmapped', type: string, id: string, detail: string }
 
+/**
+ * What the target's plugin said of a 2xx (`x-regionsync-outcome`):
+ * - `names`: it ran the handler and recorded the replay (`applied`). The entity's record then
+ *   names the event, and the applied log need not (Replicator's settle).
+ * - `repeat`: it had applied the event before and answered from its record (`duplicate`). The
+ *   region's record may have moved on since (a redelivery or a copy of an old event): it is never
+ *   moved back.
+ * - `plain`: no plugin said anything; recorded as it comes, as before.
+ */
+export type AnswerKind = 'names' | 'plain' | 'repeat'
+
 /** What a replayed create taught: the target's id for the entity, when its answer named one. */
 export interface Learnt {
   /** The collection the entity was created in, in the source's terms. */
@@ -203,42 +214,45 @@ export class IdentityResolver {
    * entity's next event is translated. Call before recording the event as applied; a failure
    * (NATS) must make the event retry, or the mapping is lost.
    */
-  async learn (event: RegionsyncEvent, seq: number, response: unknown, applied: boolean): Promise<Learnt | null> {
-    return (await this.#learn(event, seq, response, applied))?.learnt ?? null
+  async learn (event: RegionsyncEvent, seq: number, response: unknown, kind: AnswerKind): Promise<Learnt | null> {
+    return (await this.#learn(event, seq, response, kind))?.learnt ?? null
   }
 
-  /** `recorded`: the entity's record now names the event (`applied`, and the record was written). */
-  async #learn (event: RegionsyncEvent, seq: number, response: unknown, applied: boolean): Promise<{ learnt: Learnt, recorded: boolean } | null> {
+  /** `recorded`: the entity's record now names the event (kind `names`, and the record was written). */
+  async #learn (event: RegionsyncEvent, seq: number, response: unknown, kind: AnswerKind): Promise<{ learnt: Learnt, recorded: boolean } | null> {
     const created = event.created
     if (created === null) return null
     const type = createdType(event)
     const targetId = created.mode === 'put' ? created.id : findCreatedId(response, created.field, false)?.id ?? null
-    if (targetId === null) {
+    if (targetId === null || kind === 'repeat') {
       // A 409, or a duplicate answered without a body, for a create learnt on an earlier delivery:
-      // what that delivery learnt stands.
+      // what that delivery learnt stands. A repeat answered by the target's plugin may be a create
+      // the region has seen deleted, or created again, since: the record stays as it is then.
       const prior = await this.#entities.get(entityPath(type, created.id))
-      if (prior !== null && prior.createdSeq !== null && prior.deletedSeq === null) {
-        return { learnt: { type, sourceId: created.id, targetId: prior.targetId, remapped: false }, recorded: false }
-      }
+      const stands = prior !== null && ((prior.createdSeq !== null && prior.deletedSeq === null) || (kind === 'repeat' && prior.deletedSeq !== null && prior.deletedSeq > seq))
+      if (stands) return { learnt: { type, sourceId: created.id, targetId: prior.targetId, remapped: false }, recorded: false }
     }
     const remapped = targetId !== null && targetId !== created.id
     if (remapped && !this.#translating.has(type)) {
       await this.#types.put(pathKey(type), type)
       this.#translating.add(type)
     }
+    const names = kind === 'names'
     await this.#entities.put({
-      v: 1, entity: entityPath(type, created.id), targetId, createdSeq: seq, deletedSeq: null, ...(applied ? { createdEvent: event.id } : {})
+      v: 1, entity: entityPath(type, created.id), targetId, createdSeq: seq, deletedSeq: null, ...(names ? { createdEvent: event.id } : {})
     })
-    return { learnt: { type, sourceId: created.id, targetId, remapped }, recorded: applied }
+    return { learnt: { type, sourceId: created.id, targetId, remapped }, recorded: names }
   }
 
   /**
    * Records that the region applied a DELETE (2xx, or a 404 deleteNotFound called already
    * applied): a later 404 for it is then known to be true.
    */
-  async recordDeleted (event: RegionsyncEvent, seq: number, applied: boolean): Promise<void> {
+  async recordDeleted (event: RegionsyncEvent, seq: number, kind: AnswerKind): Promise<boolean> {
     const entity = entityOf(event)
     const prior = await this.#entities.get(entity)
+    // A repeat of a DELETE the region has recorded already, or that a later create undid: as it is.
+    if (kind === 'repeat' && prior !== null && (prior.deletedSeq !== null || (prior.createdSeq ?? -1) > seq)) return false
     await this.#entities.put({
       v: 1,
       entity,
@@ -246,8 +260,9 @@ export class IdentityResolver {
       createdSeq: prior?.createdSeq ?? null,
       deletedSeq: seq,
       ...(prior?.createdEvent !== undefined ? { createdEvent: prior.createdEvent } : {}),
-      ...(applied ? { deletedEvent: event.id } : {})
+      ...(kind === 'names' ? { deletedEvent: event.id } : {})
     })
+    return kind === 'names'
   }
 
   /**
@@ -267,7 +282,7 @@ export class IdentityResolver {
    * region of an entity deleted here first would look like a DELETE that missed.
    */
   async recordOwn (event: RegionsyncEvent, seq: number): Promise<void> {
-    if (event.method === 'DELETE') await this.recordDeleted(event, seq, false)
+    if (event.method === 'DELETE') await this.recordDeleted(event, seq, 'plain')
     else if (event.created !== null) {
       await this.#entities.put({ v: 1, entity: entityPath(createdType(event), event.created.id), targetId: event.created.id, createdSeq: seq, deletedSeq: null })
     }
@@ -282,22 +297,21 @@ export class IdentityResolver {
    * - anything else: `classify`.
    * `sentPath` is the path that went out (translated), for the dead letter's detail.
    */
-  async onAnswer (event: RegionsyncEvent, seq: number, sentPath: string, status: number, json: unknown, attempt: number, schedule: RetrySchedule): Promise<AnswerVerdict> {
+  async onAnswer (
+    event: RegionsyncEvent, seq: number, sentPath: string, status: number, json: unknown, attempt: number, schedule: RetrySchedule, kind: AnswerKind = 'plain'
+  ): Promise<AnswerVerdict> {
     if (status >= 200 && status < 300) {
-      if (event.method === 'DELETE') {
-        await this.recordDeleted(event, seq, true)
-        return { kind: 'applied', learnt: null, recorded: true }
-      }
-      const learnt = await this.#learn(event, seq, json, true)
+      if (event.method === 'DELETE') return { kind: 'applied', learnt: null, recorded: await this.recordDeleted(event, seq, kind) }
+      const learnt = await this.#learn(event, seq, json, kind)
       return { kind: 'applied', learnt: learnt?.learnt ?? null, recorded: learnt?.recorded === true }
     }
     if (event.method === 'DELETE' && (status === 404 || status === 410)) {
       const verdict = deleteNotFound(await this.recordOf(event), sentPath, attempt, schedule)
       // Not named as applied by this event: deleteNotFound's verdict is recorded in the applied log.
-      if (verdict.kind === 'already-applied') await this.recordDeleted(event, seq, false)
+      if (verdict.kind === 'already-applied') await this.recordDeleted(event, seq, 'plain')
       return verdict
     }
-    if (status === 409 && event.created !== null) await this.learn(event, seq, undefined, false)
+    if (status === 409 && event.created !== null) await this.learn(event, seq, undefined, 'plain')
     return { kind: 'classify' }
   }
 

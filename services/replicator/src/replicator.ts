@@ -324,8 +324,10 @@ export class Replicator {
       if (id !== null) await this.#record(id, 'dead')
       return
     }
-    // Found applied by the worker's check: nothing to record.
+    // Found applied by the worker's check: nothing to record. Remembered, for its redelivery: one
+    // read at a takeover is never acknowledged by this instance.
     if (v === undefined) {
+      if (id !== null) (this.#applied as AppliedLog).remember(id)
       this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
       return
     }
@@ -415,14 +417,15 @@ export class Replicator {
     if (sent.status !== null && !guardAnswer) {
       // What the region's own records say of the answer: ids learnt, and whether a DELETE
       // answered 404 really finds the resource gone (else it is retried, then dead-lettered).
-      const identity = await ids.onAnswer(event, at.seq, replay.path, sent.status, sent.json, attempt, this.#o.retry)
+      const said = sent.headers[REPLAY_OUTCOME_HEADER]
+      const identity = await ids.onAnswer(event, at.seq, replay.path, sent.status, sent.json, attempt, this.#o.retry, said === 'applied' ? 'names' : said === 'duplicate' ? 'repeat' : 'plain')
       if (identity.kind === 'applied' && identity.learnt?.remapped === true) {
         this.metrics.idsRemapped.inc({ region: this.region })
         this.#log.warn({ eventId: event.id, type: identity.learnt.type, sourceId: identity.learnt.sourceId, targetId: identity.learnt.targetId }, 'target gave a created resource another id; later paths naming it are rewritten')
       }
       // Recorded twice over: the entity's record names the event, and the target's guard has its id
       // (a copy of the event stored again later is answered from there).
-      if (identity.kind === 'applied' && identity.recorded && v.kind === 'done' && sent.headers[REPLAY_OUTCOME_HEADER] === 'applied') v = { ...v, entityRecorded: true }
+      if (identity.kind === 'applied' && identity.recorded && v.kind === 'done') v = { ...v, entityRecorded: true }
       if (identity.kind === 'already-applied') v = { kind: 'done', outcome: 'already-applied' }
       else if (identity.kind === 'retry') v = { kind: 'retry', delayMs: identity.delayMs, reason: identity.reason }
       else if (identity.kind === 'dead') v = dead(identity.reason, identity.detail, sent.status, sent.excerpt)
