@@ -326,7 +326,8 @@ export class IdentityResolver {
       await this.#types.put(pathKey(t), t)
       this.#translating.add(t)
     }
-    // Sequence 0: no event created it here; a create replayed later overwrites this record.
+    // Sequence 0: no event created it here; a create replayed later overwrites this record (not one
+    // the target's plugin answers from its own record: a repeat never replaces a live record).
     await this.#entities.put({ v: 1, entity: entityPath(t, sourceId), targetId, createdSeq: 0, deletedSeq: null })
   }
 

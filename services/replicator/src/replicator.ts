@@ -203,6 +203,9 @@ export class Replicator {
         if (applied.settledHere(event.id)) return true
         // A replayed create or DELETE is recorded in its entity's record alone (see #settle).
         const [logged, known] = await Promise.all([applied.has(event.id), (this.#ids as IdentityResolver).knowsApplied(event)])
+        // Named by its entity's record: applied (never a dead letter, which `dlq replay` must still
+        // be able to send), and remembered for its redelivery, as that record may move on first.
+        if (known && !logged) applied.remember(event.id)
         return logged || known
       },
       run: async (e) => await this.#attempt(e, () => own.owns(partition, epoch)),
@@ -324,10 +327,8 @@ export class Replicator {
       if (id !== null) await this.#record(id, 'dead')
       return
     }
-    // Found applied by the worker's check: nothing to record. Remembered, for its redelivery: one
-    // read at a takeover is never acknowledged by this instance.
+    // Found applied by the worker's check: nothing to record.
     if (v === undefined) {
-      if (id !== null) (this.#applied as AppliedLog).remember(id)
       this.metrics.skipped.inc({ region: this.region, reason: 'already-applied' })
       return
     }
